@@ -1,0 +1,86 @@
+# lockstep.cluster — two commands matter: `make demo` (site.yml against the local lab) and
+# `make test` (every gate). Everything else is a step of those.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT      := $(CURDIR)
+VENV      := $(ROOT)/.venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.synced
+COLL      := $(ROOT)/.cache/ansible_collections/lockstep/cluster
+SCENARIOS ?= default mpich debian13 drift
+
+export PATH := $(BIN):$(PATH)
+export CONTAINERS_CONF ?= $(ROOT)/lab/containers.conf
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 0
+# A hand-installed collection of the same name must never shadow this checkout.
+export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
+
+.PHONY: help venv requirements images lab-up lab-down demo test unit lint sanity build \
+        molecule lock lock-check bench clean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@uv=$$(scripts/bootstrap-uv.sh); \
+	  [ -x $(BIN)/python ] || $$uv venv -q --python python3 $(VENV); \
+	  $$uv pip sync -q --require-hashes --python $(BIN)/python requirements.txt
+	@touch $@
+
+venv: $(STAMP) ## controller + test toolchain in .venv (hash-locked)
+
+requirements: ## re-lock the toolchain from requirements.in
+	uv=$$(scripts/bootstrap-uv.sh); $$uv pip compile -q --universal --python-version 3.11 \
+	  --generate-hashes requirements.in -o requirements.txt
+
+images: ## build localhost/lockstep-debian{12,13} (kept when present)
+	scripts/build-images.sh
+
+lab-up: venv images ## start the lab containers of inventories/lab
+	ansible-playbook -i inventories/lab lab/lab.yml -e lab_state=up
+
+lab-down: venv ## remove the lab containers
+	ansible-playbook -i inventories/lab lab/lab.yml -e lab_state=down
+
+demo: lab-up ## site.yml against the local lab, then show the report
+	ansible-playbook -i inventories/lab site.yml
+	@latest=$$(ls -1dt reports/*/ 2>/dev/null | head -n 1); \
+	  if [ -n "$$latest" ]; then echo "report: $$latest"; cat "$$latest/summary.md" 2>/dev/null || true; fi
+
+test: venv images unit lint sanity build molecule ## every gate: unit, lint, sanity, build, molecule
+
+unit: venv ## pytest for module_utils and plugins
+	pytest tests/unit -q
+
+lint: venv ## ansible-lint --profile production
+	ansible-lint --profile production
+
+# ansible-test only runs from …/ansible_collections/<ns>/<name>: copy the tracked tree there.
+sanity: venv ## ansible-test sanity (offline-capable)
+	scripts/sanity.sh
+
+build: venv ## ansible-galaxy collection build
+	rm -rf .cache/build && mkdir -p .cache/build
+	ansible-galaxy collection build --output-path .cache/build .
+	@tar -tzf .cache/build/lockstep-cluster-*.tar.gz > .cache/build/contents.txt
+	@! grep -E '^(tests|bench|molecule|\.venv|\.cache|\.collections|lab)/' .cache/build/contents.txt \
+	  || { echo "build: tarball carries test/dev files" >&2; exit 1; }
+	@echo "build: $$(ls .cache/build/*.tar.gz)"
+
+molecule: venv images ## all molecule scenarios, one after another
+	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
+
+lock: venv ## regenerate lockfiles/*.txt from their .in
+	scripts/lock.sh lock
+
+lock-check: venv ## fail when a committed lock is not current
+	scripts/lock.sh check
+
+bench: venv lab-up ## performance ratios (prints, never asserts)
+	@for b in bench/*.sh; do [ -x "$$b" ] && "$$b"; done
+
+clean: lab-down ## remove the lab, build output and caches (keeps images)
+	rm -rf .cache/build .cache/ansible_collections tests/output reports
