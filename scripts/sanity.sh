@@ -21,10 +21,13 @@ if [ ! -f "$stub" ]; then
   cat >"$stub" <<'PY'
 """Offline stand-in for get-pip.py: ensurepip, then pip installs what was asked."""
 import ensurepip
+import os
 import subprocess
 import sys
 
 ensurepip.bootstrap(upgrade=True)
+# ensurepip sets PIP_CONFIG_FILE=/dev/null for itself; pip below must see the real config.
+os.environ.pop("PIP_CONFIG_FILE", None)
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install"] + args))
 PY
