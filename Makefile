@@ -47,7 +47,7 @@ lab-down: venv ## remove the lab containers
 
 demo: lab-up ## site.yml against the local lab, then show the report
 	ansible-playbook -i inventories/lab site.yml
-	@latest=$$(ls -1dt reports/*/ 2>/dev/null | head -n 1); \
+	@latest=$$(ls -1dt reports/*/ 2>/dev/null | head -n 1 || true); \
 	  if [ -n "$$latest" ]; then echo "report: $$latest"; cat "$$latest/summary.md" 2>/dev/null || true; fi
 
 test: venv images unit lint sanity build molecule ## every gate: unit, lint, sanity, build, molecule
