@@ -1,0 +1,73 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# Apache License 2.0 (see galaxy.yml)
+"""Controller-side lock policy check: the lockfile lives on the controller, not the hosts."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFileNotFound
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.lockfile import (
+    HAS_PACKAGING,
+    PACKAGING_IMPORT_ERROR,
+    LockError,
+    check_policy,
+    format_violations,
+    load_lock,
+)
+
+ARGUMENT_SPEC = {
+    "path": {"type": "path", "required": True},
+    "cpu_only": {"type": "bool", "default": True},
+    "python_version": {"type": "str"},
+}
+
+
+def evaluate(path, cpu_only=True, python_version=None):
+    """The task result for the lockfile at ``path`` (what the action returns, minus plumbing)."""
+    try:
+        lock = load_lock(path)
+        python_specifier = lock.python_specifier
+        violations = check_policy(lock, cpu_only=cpu_only, python_version=python_version)
+    except (LockError, ValueError) as exc:
+        return {"failed": True, "changed": False, "path": path, "msg": str(exc)}
+    result = {
+        "changed": False,
+        "path": path,
+        "entries": len(lock.entries),
+        "sha256": lock.sha256,
+        "python_specifier": python_specifier,
+        "violations": [
+            {"path": v.path, "line": v.line, "name": v.name, "code": v.code, "message": v.message}
+            for v in violations
+        ],
+    }
+    if violations:
+        result["failed"] = True
+        result["msg"] = format_violations(violations)
+    return result
+
+
+class ActionModule(ActionBase):
+    """Validate a lockfile with ``module_utils.lockfile``; never touches the target."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # tmp no longer has any effect
+
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        if not HAS_PACKAGING:
+            return dict(result, failed=True, msg="the Python library 'packaging' is required on the controller: %s"
+                        % PACKAGING_IMPORT_ERROR)
+
+        # Like copy/template's src: role files/, then the playbook directory.
+        try:
+            path = self._find_needle("files", args["path"])
+        except AnsibleFileNotFound:
+            path = args["path"]  # load_lock reports the missing file under the name given
+        result.update(evaluate(path, args["cpu_only"], args["python_version"]))
+        return result
