@@ -19,7 +19,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
 .PHONY: help venv requirements images lab-up lab-down demo test unit lint sanity build \
-        molecule lock lock-check bench clean
+        molecule molecule-full lock lock-check bench clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ build: venv ## ansible-galaxy collection build
 
 molecule: venv images ## all molecule scenarios, one after another
 	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
+
+molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on CPU
+	molecule test -s full
 
 lock: venv ## regenerate lockfiles/*.txt from their .in
 	scripts/lock.sh lock
