@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Probe time per host (no MPI launch) vs `uv pip sync --check` vs `pip list` + `pip check`,
+# on the same ~100-package venv (bench/probe-lock.txt, built once under bench/results/).
+# Usage: bench/probe.sh [runs]   -> bench/results/probe.md and probe.json
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+uv=${UV:-$root/.venv/bin/uv}
+python=${PYTHON:-/usr/bin/python3} # the hosts' system Python runs the module
+venv=$here/results/venv
+piptool=$here/results/piptool # pip lives outside the measured venv (uv venvs have none)
+mkdir -p "$here/results"
+if [ ! -x "$venv/bin/python" ]; then
+  "$uv" venv -q --python "$python" "$venv"
+  "$uv" pip sync -q --require-hashes --python "$venv/bin/python" "$here/probe-lock.txt"
+fi
+if [ ! -x "$piptool/bin/pip" ]; then
+  "$uv" venv -q --python "$python" "$piptool"
+  "$uv" pip install -q --python "$piptool/bin/python" "pip>=23"
+fi
+"$python" "$here/probe_bench.py" --root "$root" --venv "$venv" --lock "$here/probe-lock.txt" \
+  --uv "$uv" --pip "$piptool/bin/pip" --runs "${1:-7}" --json "$here/results/probe.json" \
+  | tee "$here/results/probe.md"
