@@ -18,7 +18,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # A hand-installed collection of the same name must never shadow this checkout.
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
-.PHONY: help venv requirements images lab-up lab-down demo test unit lint sanity build \
+.PHONY: help venv requirements images lab-up lab-down demo drift test unit lint sanity build \
         molecule molecule-full lock lock-check bench clean
 
 help: ## list targets
@@ -47,8 +47,11 @@ lab-down: venv ## remove the lab containers
 
 demo: lab-up ## site.yml against the local lab, then show the report
 	ansible-playbook -i inventories/lab site.yml
-	@latest=$$(ls -1dt reports/*/ 2>/dev/null | head -n 1 || true); \
-	  if [ -n "$$latest" ]; then echo "report: $$latest"; cat "$$latest/summary.md" 2>/dev/null || true; fi
+	@if [ -e reports/latest/summary.md ]; then \
+	  echo "report: $$(readlink -f reports/latest)/"; cat reports/latest/summary.md; fi
+
+drift: venv ## audit the lab against the lock (changes nothing; non-zero on drift)
+	ansible-playbook -i inventories/lab playbooks/drift.yml -e validate_fail_on_drift=true
 
 test: venv images unit lint sanity build molecule ## every gate: unit, lint, sanity, build, molecule
 
