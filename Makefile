@@ -85,8 +85,10 @@ lock: venv ## regenerate lockfiles/*.txt from their .in
 lock-check: venv ## fail when a committed lock is not current
 	scripts/lock.sh check
 
-bench: venv lab-up ## performance ratios (prints, never asserts)
-	@for b in bench/*.sh; do [ -x "$$b" ] && "$$b"; done
+bench: venv images ## performance ratios (prints, never asserts)
+	bench/probe.sh
+	python bench/site_bench.py
 
-clean: lab-down ## remove the lab, build output and caches (keeps images)
-	rm -rf .cache/build .cache/ansible_collections tests/output reports
+clean: lab-down ## remove the lab, build output, caches and scenario volumes (keeps images)
+	rm -rf .cache/build .cache/ansible_collections .cache/lab tests/output reports bench/results
+	podman volume ls -q | grep -E '^lockstep-' | xargs -r podman volume rm -f

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
-# Apache License 2.0 (see galaxy.yml)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller-side lock policy check: the lockfile lives on the controller, not the hosts."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
-# Apache License 2.0 (see galaxy.yml)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Parse and police hash-pinned requirements lockfiles (``uv pip compile --generate-hashes``).
 
 Pure logic, no Ansible imports: the ``lock_policy`` action plugin (controller) and the drift

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
-# Apache License 2.0 (see galaxy.yml)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Host side: select one system MPI consistently and describe it (stdlib only).
 
 Debian registers both MPI flavors under three alternatives: ``mpi`` (mpicc & co),

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
-# Apache License 2.0 (see galaxy.yml)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Documentation only: the work is done on the controller by plugins/action/lock_policy.py.
 
 DOCUMENTATION = r"""
