@@ -32,6 +32,11 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.inventory import (
+    guess_site_packages,
+    installed_distributions,
+)
+
 META_FILE = "lockstep.json"
 LOCK_FILE = "lockstep.lock.txt"
 ENV_FILE = "lockstep.env"
@@ -532,7 +537,8 @@ class UvRunner(object):
     """Builds and runs uv commands with the role's options."""
 
     def __init__(self, uv, index_url=None, extra_index_urls=None, find_links=None, offline=False,
-                 ca_bundle=None, cache_dir=None, no_binary=None, timeout=None, base_env=None, run=None):
+                 ca_bundle=None, cache_dir=None, no_binary=None, timeout=None, base_env=None, run=None,
+                 link_mode=None):
         self.uv = uv
         self.index_url = index_url or None
         self.extra_index_urls = list(extra_index_urls or [])
@@ -541,6 +547,7 @@ class UvRunner(object):
         self.ca_bundle = ca_bundle or None
         self.cache_dir = cache_dir or None
         self.no_binary = list(no_binary or [])
+        self.link_mode = link_mode or None
         self.timeout = timeout
         self.base_env = dict(os.environ if base_env is None else base_env)
         self._run = run or _subprocess_run
@@ -600,6 +607,8 @@ class UvRunner(object):
             argv.append("--check")
         if dry_run:
             argv.append("--dry-run")
+        if self.link_mode:
+            argv += ["--link-mode", self.link_mode]
         argv += self.common() + self.index_args() + [lock_path]
         return self.run(argv)
 
@@ -639,8 +648,9 @@ class VenvStore(object):
 
     def __init__(self, runner, path, store, python, python_version, lock_text, lock_name=None, lock_sha256=None,
                  env=None, mpi4py_mode="binary", build_variables=None, validate_imports=None, keep=2,
-                 previous=None, clock=time.time):
+                 previous=None, clock=time.time, verify_files=False):
         self.uv = runner
+        self.verify_files = verify_files
         self.path = path.rstrip("/") or path
         self.store = store
         self.python = python
@@ -714,6 +724,9 @@ class VenvStore(object):
             if current and self.complete(current):
                 in_sync, changes = self.check_sync(current, lock_path)
                 if in_sync:
+                    # uv does not re-hash installed files: an edited file needs our own check.
+                    changes = self.tampered(current) if self.verify_files else []
+                if not changes:
                     plan["action"] = "none"
                     plan["target"] = current
                     return plan
@@ -730,6 +743,13 @@ class VenvStore(object):
                     return plan
             plan["action"] = "build"
             return plan
+
+    def tampered(self, venv):
+        """uv-style changes for distributions whose files differ from their RECORD."""
+        return [{"name": canonical_name(dist["name"]), "version": dist["version"], "action": "tampered",
+                 "files": [finding["path"] for finding in dist["tampered"]]}
+                for dist in installed_distributions(guess_site_packages(venv), verify_files=True)
+                if dist["tampered"]]
 
     def _fresh_name(self):
         return "%s-%d" % (self.target, int(self.clock()))

@@ -102,6 +102,22 @@ options:
   cache_dir:
     description: uv cache directory.
     type: path
+  verify_files:
+    description:
+      - Re-hash the live venv's files against each distribution's RECORD. uv does not, so
+        without this an edited installed file goes unnoticed; with it, the venv is rebuilt
+        fresh (never repaired in place) and the edit shows in the diff as C(tampered).
+    type: bool
+    default: true
+  link_mode:
+    description:
+      - How uv puts files from its cache into the venv.
+      - C(copy) (default) gives every venv its own files. With C(hardlink) the venv, its
+        rollback sibling and the uv cache share inodes, so one in-place edit of an installed
+        file corrupts all three and a re-sync reinstalls the edited file.
+    type: str
+    choices: [copy, hardlink, clone, symlink]
+    default: copy
   validate_imports:
     description: Modules the new venv must import before the flip. C(mpi4py) is checked (without C(MPI_Init)) whenever the lock has it.
     type: list
@@ -222,6 +238,8 @@ def main():
             offline=dict(type="bool", default=False),
             ca_bundle=dict(type="path"),
             cache_dir=dict(type="path"),
+            link_mode=dict(type="str", choices=["copy", "hardlink", "clone", "symlink"], default="copy"),
+            verify_files=dict(type="bool", default=True),
             validate_imports=dict(type="list", elements="str", default=[]),
             keep=dict(type="int", default=2),
             timeout=dict(type="int", default=1800),
@@ -248,12 +266,12 @@ def main():
         runner = UvRunner(
             p["uv"], index_url=p["index_url"], extra_index_urls=p["extra_index_urls"], find_links=p["find_links"],
             offline=p["offline"], ca_bundle=p["ca_bundle"], cache_dir=p["cache_dir"], no_binary=p["no_binary"],
-            timeout=p["timeout"])
+            timeout=p["timeout"], link_mode=p["link_mode"])
         store = VenvStore(
             runner, p["path"], p["store"], python, version, p["lock_content"], lock_name=p["lock_name"],
             lock_sha256=p["lock_sha256"], env=p["env"], mpi4py_mode=p["mpi4py_mode"],
             build_variables=p["build_variables"], validate_imports=p["validate_imports"], keep=p["keep"],
-            previous=p["previous"])
+            previous=p["previous"], verify_files=p["verify_files"])
         result["key"] = store.key
         if not os.access(p["uv"], os.X_OK):
             if not module.check_mode:
