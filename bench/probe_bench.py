@@ -29,8 +29,8 @@ def timed(argv, env, runs):
         elapsed = time.perf_counter() - start
         return elapsed, proc.returncode, proc.stderr.decode(errors="replace")[-300:]
 
-    _, rc, err = once()
-    samples = [once()[0] for _ in range(runs)]
+    _elapsed, rc, err = once()  # warm-up; its rc/stderr tell whether the command works
+    samples = [once()[0] for _run in range(runs)]
     return {"median": statistics.median(samples), "min": min(samples), "rc": rc, "stderr": err.strip()}
 
 
@@ -59,8 +59,8 @@ def main():
         "median": results["pip list"]["median"] + results["pip check"]["median"],
         "min": results["pip list"]["min"] + results["pip check"]["min"], "rc": 0, "stderr": "",
     }
-    files = sum(len(f) for _, _, f in os.walk(args.venv))
-    size = sum(os.path.getsize(os.path.join(d, n)) for d, _, fs in os.walk(args.venv) for n in fs
+    files = sum(len(names) for _root, _dirs, names in os.walk(args.venv))
+    size = sum(os.path.getsize(os.path.join(d, n)) for d, _dirs, fs in os.walk(args.venv) for n in fs
                if not os.path.islink(os.path.join(d, n)))
     packages = sum(1 for line in open(args.lock) if line[:1].isalnum())
     base = results["uv pip sync --check --offline"]["median"]

@@ -32,7 +32,8 @@ def dist(name, version, tampered=()):
     return {"name": name, "version": version, "installer": "uv", "tampered": list(tampered)}
 
 
-def host_facts(dists, env=ENV_311, mpi=None, uv_version="0.13.9"):
+def host_facts(dists, env=None, mpi=None, uv_version="0.13.9"):
+    env = ENV_311 if env is None else env
     return {
         "venv": {"path": "/v", "realpath": "/v", "exists": True},
         "python": {"marker_environment": dict(env)} if env else {"error": "cannot run /v/bin/python"},
@@ -51,7 +52,7 @@ def evaluate(dists, **kwargs):
 
 def only(report, **expected):
     """The report's findings are exactly ``expected`` (every other list empty)."""
-    lists = {k: v for k, v in report["drift"].items()}
+    lists = dict(report["drift"])
     wanted = {k: [] for k in lists}
     wanted.update(expected)
     return lists == wanted
@@ -113,7 +114,7 @@ def test_tampered_files_and_gpu_packages():
 
 
 def test_missing_venv_expects_everything():
-    facts = host_facts([], env=None)
+    facts = host_facts([], env={})  # the venv python could not run
     facts["venv"]["exists"] = False
     report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
     assert [m["name"] for m in report["drift"]["missing"]] == ["numpy", "six", "tomli", "torch"]

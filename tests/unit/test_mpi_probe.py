@@ -190,7 +190,7 @@ def test_run_timeout_kills_the_process_group(tmp_path):
     marker = tmp_path / "child.pid"
     script = "sleep 30 & echo $! > %s; wait" % marker
     start = time.monotonic()
-    rc, _, _ = mpi_probe.run(["/bin/sh", "-c", script], dict(os.environ), timeout=1)
+    rc, _out, _err = mpi_probe.run(["/bin/sh", "-c", script], dict(os.environ), timeout=1)
     assert rc is None and time.monotonic() - start < 10
     child = int(marker.read_text())
     time.sleep(0.2)

@@ -19,8 +19,8 @@ MPI = {
 }
 
 
-def result(dists, mpi=MPI, env=ENV_311):
-    facts = host_facts(dists, env=env, mpi=copy.deepcopy(mpi))
+def result(dists, mpi=None, env=None):
+    facts = host_facts(dists, env=env, mpi=copy.deepcopy(MPI if mpi is None else mpi))
     facts.update(evaluate(LOCK, facts))
     facts["lock"] = {"path": "lock.txt", "sha256": LOCK.sha256, "entries": 2}
     return facts
