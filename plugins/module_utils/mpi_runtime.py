@@ -20,7 +20,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 
 FLAVORS = ("openmpi", "mpich")
 # The name the mpi4py binary wheel's extension modules are linked against, per flavor.
@@ -128,27 +127,6 @@ def plan_abi_link(libdir, flavor, exists, islink, readlink, owned_by_package):
     if islink(path) and readlink(path) == ABI_LINK_TARGET and not owned_by_package(path):
         return "remove", path
     return None, path
-
-
-_OMPI_RE = re.compile(r"\((?:Open MPI|OpenRTE)\)\s+([0-9][^\s]*)")
-_HYDRA_RE = re.compile(r"HYDRA build details:.*?Version:\s+([0-9][^\s]*)", re.S)
-_MPICH_RE = re.compile(r"MPICH Version:\s+([0-9][^\s]*)")
-_INTEL_RE = re.compile(r"Intel\(R\) MPI Library[^0-9]*([0-9][^\s,]*)")
-
-
-def parse_launcher_version(text):
-    """``mpiexec --version`` output -> (flavor, version); (None, None) if unknown."""
-    text = text or ""
-    match = _OMPI_RE.search(text)
-    if match:
-        return "openmpi", match.group(1)
-    match = _MPICH_RE.search(text) or _HYDRA_RE.search(text)
-    if match:
-        return "mpich", match.group(1)
-    match = _INTEL_RE.search(text)
-    if match:
-        return "impi", match.group(1)
-    return None, None
 
 
 def runtime_env(flavor, version, libmpi, os_env=None, allow_run_as_root=False, extra=None):

@@ -73,9 +73,9 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_runtime impor
     SONAMES,
     consistency_problems,
     flavored_path,
-    parse_launcher_version,
     runtime_env,
 )
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_probe import parse_launcher_version
 
 
 def main():

@@ -38,6 +38,8 @@ def test_parse_library_version(text, expected):
     (OMPI4_LAUNCHER, ("openmpi", "4.1.4")),
     (OMPI5_LAUNCHER, ("openmpi", "5.0.7")),
     (HYDRA_LAUNCHER, ("mpich", "4.0.2")),
+    ("mpirun (Open MPI) 5.0.7\n\nReport bugs to https://www.open-mpi.org/community/help/\n", ("openmpi", "5.0.7")),
+    ("mpiexec.openmpi (OpenRTE) 4.1.4\n", ("openmpi", "4.1.4")),
     ("Intel(R) MPI Library for Linux* OS, Version 2021.13 Build 2024", ("impi", "2021.13")),
     ("usage: something", (None, None)),
 ])

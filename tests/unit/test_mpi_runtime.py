@@ -159,18 +159,6 @@ def test_abi_link_dangling_is_recreated_and_missing_mpich_reported():
     assert FakeFs().plan("mpich") == ("missing-mpich", LIB + "/libmpi.so.12")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("mpirun (Open MPI) 5.0.7\n\nReport bugs to https://www.open-mpi.org/community/help/\n", ("openmpi", "5.0.7")),
-    ("mpiexec.openmpi (OpenRTE) 4.1.4\n", ("openmpi", "4.1.4")),
-    ("HYDRA build details:\n    Version:                                 4.0.2\n    Release Date: x\n",
-     ("mpich", "4.0.2")),
-    ("Intel(R) MPI Library for Linux* OS, Version 2021.10 Build 20230619\n", ("impi", "2021.10")),
-    ("something else", (None, None)),
-])
-def test_parse_launcher_version(text, expected):
-    assert m.parse_launcher_version(text) == expected
-
-
 def test_flavored_path_walks_the_alternatives_chain():
     links = {"/usr/bin/mpicc": "/etc/alternatives/mpi", "/etc/alternatives/mpi": "/usr/bin/mpicc.openmpi",
              "/usr/bin/mpicc.openmpi": "opal_wrapper"}
