@@ -612,6 +612,11 @@ class UvRunner(object):
         argv += self.common() + self.index_args() + [lock_path]
         return self.run(argv)
 
+    def cache_clean(self, names):
+        """Drop ``names`` from uv's cache: uv never re-verifies cached files, and with
+        hardlinks an edit in a venv is an edit of the cache."""
+        return self.run([self.uv, "cache", "clean"] + list(names) + self.common())
+
     def list_packages(self, python):
         argv = [self.uv, "pip", "list", "--python", python, "--format", "json", "--offline"]
         if self.cache_dir:
@@ -834,6 +839,12 @@ class VenvStore(object):
             target = plan["target"]
             sync_changes = []
             if plan["action"] == "build":
+                tampered = sorted(set(c["name"] for c in plan["changes"] if c.get("action") == "tampered"))
+                if tampered:
+                    rc, _out, err = self.uv.cache_clean(tampered)
+                    if rc != 0:
+                        raise SyncError("cannot drop the tampered packages %s from the uv cache: %s"
+                                        % (", ".join(tampered), err.strip()), "cache", err)
                 sync_changes = self.build(target)
             after = self.packages(target)
             previous = plan["current"]

@@ -107,6 +107,8 @@ options:
       - Re-hash the live venv's files against each distribution's RECORD. uv does not, so
         without this an edited installed file goes unnoticed; with it, the venv is rebuilt
         fresh (never repaired in place) and the edit shows in the diff as C(tampered).
+      - The tampered packages are dropped from uv's cache first (uv never re-verifies its
+        cache, and with hardlinks the edit is in the cache too), so they are fetched again.
     type: bool
     default: true
   link_mode:

@@ -387,9 +387,10 @@ def test_drifted_live_venv_is_replaced_not_repaired(house):
     assert store.plan()["action"] == "none"
 
 
-@pytest.mark.parametrize("verify_files", [True, False])
-def test_edited_file_in_live_venv(house, verify_files):
-    store = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": "copy"},
+@pytest.mark.parametrize("verify_files, link_mode", [(True, "copy"), (True, "hardlink"), (False, "copy")])
+def test_edited_file_in_live_venv(house, verify_files, link_mode):
+    # With hardlink the edit also lands in uv's cache: the rebuild must not copy it back.
+    store = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": link_mode},
                        verify_files=verify_files)
     sync(store)
     live = os.path.realpath(store.path)
@@ -406,6 +407,7 @@ def test_edited_file_in_live_venv(house, verify_files):
     fresh = glob.glob(os.path.join(store.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
     assert "edited" not in open(fresh).read()
     assert "edited" in open(module).read()  # the old venv is kept as found, as `previous`
+    assert not os.path.samefile(fresh, module)
     assert store.plan()["action"] == "none"
 
 
