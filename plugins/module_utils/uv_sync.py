@@ -756,6 +756,15 @@ class VenvStore(object):
                 for dist in installed_distributions(guess_site_packages(venv), verify_files=True)
                 if dist["tampered"]]
 
+    def _drop_from_cache(self, changes):
+        names = sorted(set(c["name"] for c in changes if c.get("action") == "tampered"))
+        if not names:
+            return
+        rc, _out, err = self.uv.cache_clean(names)
+        if rc != 0:
+            raise SyncError("cannot drop the tampered packages %s from the uv cache: %s"
+                            % (", ".join(names), err.strip()), "cache", err)
+
     def _fresh_name(self):
         return "%s-%d" % (self.target, int(self.clock()))
 
@@ -839,13 +848,21 @@ class VenvStore(object):
             target = plan["target"]
             sync_changes = []
             if plan["action"] == "build":
-                tampered = sorted(set(c["name"] for c in plan["changes"] if c.get("action") == "tampered"))
-                if tampered:
-                    rc, _out, err = self.uv.cache_clean(tampered)
-                    if rc != 0:
-                        raise SyncError("cannot drop the tampered packages %s from the uv cache: %s"
-                                        % (", ".join(tampered), err.strip()), "cache", err)
+                self._drop_from_cache(plan["changes"])
                 sync_changes = self.build(target)
+                if self.verify_files:
+                    # A poisoned cache gives a fresh venv with edited files: purge, build once more.
+                    poisoned = self.tampered(target)
+                    if poisoned:
+                        self._drop_from_cache(poisoned)
+                        sync_changes = self.build(target)
+                        still = self.tampered(target)
+                        if still:
+                            remove_tree(target)
+                            raise SyncError("a freshly built venv has files that differ from their RECORD (%s); "
+                                            "the packages themselves are bad" % ", ".join(
+                                                "%s: %s" % (c["name"], " ".join(c["files"])) for c in still),
+                                            "tampered")
             after = self.packages(target)
             previous = plan["current"]
             self.flip(target, previous)

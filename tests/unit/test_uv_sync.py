@@ -411,6 +411,22 @@ def test_edited_file_in_live_venv(house, verify_files, link_mode):
     assert store.plan()["action"] == "none"
 
 
+def test_poisoned_cache_is_purged_before_the_flip(house):
+    # A hardlinked venv edited in place poisons uv's cache; the next new venv (another lock)
+    # would get the edited file from it. The role checks a new venv before flipping to it.
+    first = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": "hardlink"})
+    sync(first)
+    module = glob.glob(os.path.join(first.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    with open(module, "a") as handle:
+        handle.write("print('edited')\n")
+    second = make_store(house, lock_of(house, ("alpha", "1.0"), ("beta", "1.0")), runner={"link_mode": "copy"},
+                        verify_files=True)
+    sync(second)
+    fresh = glob.glob(os.path.join(second.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    assert os.path.realpath(second.path) == second.target
+    assert "edited" not in open(fresh).read()
+
+
 def _assert_failure_leaves_current(house, bad_store, kind, before):
     with pytest.raises(m.SyncError) as err:
         sync(bad_store)
