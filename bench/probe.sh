@@ -12,7 +12,8 @@ piptool=$here/results/piptool # pip lives outside the measured venv (uv venvs ha
 mkdir -p "$here/results"
 if [ ! -x "$venv/bin/python" ]; then
   "$uv" venv -q --python "$python" "$venv"
-  "$uv" pip sync -q --require-hashes --python "$venv/bin/python" "$here/probe-lock.txt"
+  # Copied, not hardlinked: as the pyenv role builds venvs (pyenv_link_mode: copy).
+  "$uv" pip sync -q --require-hashes --link-mode copy --python "$venv/bin/python" "$here/probe-lock.txt"
 fi
 if [ ! -x "$piptool/bin/pip" ]; then
   "$uv" venv -q --python "$python" "$piptool"

@@ -16,7 +16,8 @@ PROBE = """
 import os, sys
 from ansible_collections.lockstep.cluster.plugins.module_utils.env_probe import ARGUMENT_SPEC, collect
 params = {k: v.get("default") for k, v in ARGUMENT_SPEC.items()}
-params.update(venv=sys.argv[1], lockfile="-", smoke_test=False, verify_files=sys.argv[2] == "1")
+params.update(venv=sys.argv[1], lockfile="-", smoke_test=False, verify_files=sys.argv[2] != "off",
+              verify_all_files=sys.argv[2] == "all")
 facts = collect(params, dict(os.environ))
 assert len(facts["distributions"]) > 50, len(facts["distributions"])
 """
@@ -47,8 +48,10 @@ def main():
     sync = [args.uv, "pip", "sync", "--check", "--require-hashes", "--python", vpy, args.lock]
     pip = [args.pip, "--python", vpy, "--disable-pip-version-check"]
     commands = [
-        ("probe (RECORD sha256 on, MPI import, no launch)", [sys.executable, "-c", PROBE, args.venv, "1"]),
-        ("probe (RECORD check off)", [sys.executable, "-c", PROBE, args.venv, "0"]),
+        ("probe (RECORD check, default: re-hash changed inodes; MPI import, no launch)",
+         [sys.executable, "-c", PROBE, args.venv, "changed"]),
+        ("probe (RECORD check, re-hash every file)", [sys.executable, "-c", PROBE, args.venv, "all"]),
+        ("probe (RECORD check off)", [sys.executable, "-c", PROBE, args.venv, "off"]),
         ("uv pip sync --check --offline", sync[:4] + ["--offline"] + sync[4:]),
         ("uv pip sync --check (index reachable)", sync),
         ("pip list", pip + ["list"]),

@@ -22,6 +22,7 @@ ARGUMENT_SPEC = dict(
     lockfile=dict(type="path", required=True),
     fail_on_drift=dict(type="bool", default=True),
     verify_files=dict(type="bool", default=True),
+    verify_all_files=dict(type="bool", default=False),
     ignore_packages=dict(type="list", elements="str", default=[]),
     uv_version=dict(type="str"),
     uv_path=dict(type="path"),
@@ -115,7 +116,8 @@ def collect(params, base_env):
         facts["python"]["error"] = error
     site_packages = (py_facts or {}).get("site_packages") or inventory.guess_site_packages(venv_real)
     facts["venv"]["site_packages"] = site_packages
-    facts["distributions"] = inventory.installed_distributions(site_packages, verify_files=params["verify_files"])
+    facts["distributions"] = inventory.installed_distributions(
+        site_packages, verify_files=params["verify_files"], rehash_all=params["verify_all_files"])
     facts["uv"] = uv_facts(env, params["uv_path"], pyvenv_cfg, params["timeout"])
     if params["mpi"]:
         raw_mpi = raw_mpi if py_facts else {"python_error": error}

@@ -749,11 +749,12 @@ class VenvStore(object):
             plan["action"] = "build"
             return plan
 
-    def tampered(self, venv):
-        """uv-style changes for distributions whose files differ from their RECORD."""
+    def tampered(self, venv, rehash_all=False):
+        """uv-style changes for distributions whose files differ from their RECORD. By default
+        only files whose inode changed after install are read (see module_utils.inventory)."""
         return [{"name": canonical_name(dist["name"]), "version": dist["version"], "action": "tampered",
                  "files": [finding["path"] for finding in dist["tampered"]]}
-                for dist in installed_distributions(guess_site_packages(venv), verify_files=True)
+                for dist in installed_distributions(guess_site_packages(venv), verify_files=True, rehash_all=rehash_all)
                 if dist["tampered"]]
 
     def _drop_from_cache(self, changes):
@@ -852,11 +853,12 @@ class VenvStore(object):
                 sync_changes = self.build(target)
                 if self.verify_files:
                     # A poisoned cache gives a fresh venv with edited files: purge, build once more.
-                    poisoned = self.tampered(target)
+                    # Every file of a new venv is new, so ctimes say nothing: read them all.
+                    poisoned = self.tampered(target, rehash_all=True)
                     if poisoned:
                         self._drop_from_cache(poisoned)
                         sync_changes = self.build(target)
-                        still = self.tampered(target)
+                        still = self.tampered(target, rehash_all=True)
                         if still:
                             remove_tree(target)
                             raise SyncError("a freshly built venv has files that differ from their RECORD (%s); "

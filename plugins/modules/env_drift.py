@@ -71,10 +71,20 @@ options:
     default: true
   verify_files:
     description:
-      - Re-hash every file recorded with a hash in the distributions' C(RECORD) files and
-        report modified or missing files. Costs reading the whole venv.
+      - Check every file recorded with a hash in the distributions' C(RECORD) files and
+        report modified or missing files.
+      - A file whose inode changed after its C(RECORD) was written (ctime newer, which any
+        write, chmod, rename or new link causes and which cannot be set back) or whose size
+        differs is re-hashed; the others are not read. See O(verify_all_files).
     type: bool
     default: true
+  verify_all_files:
+    description:
+      - With O(verify_files), re-hash every recorded file whatever its ctime. Costs reading
+        the whole venv; use it where ctimes cannot be trusted (e.g. files restored from a
+        backup that preserved ctimes at the block level).
+    type: bool
+    default: false
   ignore_packages:
     description:
       - Installed distributions never reported as extra (for example C(pip) in a seeded venv).
