@@ -12,7 +12,7 @@ piptool=$here/results/piptool # pip lives outside the measured venv (uv venvs ha
 mkdir -p "$here/results"
 if [ ! -x "$venv/bin/python" ]; then
   "$uv" venv -q --python "$python" "$venv"
-  # Copied, not hardlinked: as the pyenv role builds venvs (pyenv_link_mode: copy).
+  # Copied, not hardlinked: as the venv role builds venvs (venv_link_mode: copy).
   "$uv" pip sync -q --require-hashes --link-mode copy --python "$venv/bin/python" "$here/probe-lock.txt"
 fi
 if [ ! -x "$piptool/bin/pip" ]; then

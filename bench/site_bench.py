@@ -1,13 +1,13 @@
-"""Measure site.yml and the pyenv role against their floors, on one lab container.
+"""Measure site.yml and the venv role against their floors, on one lab container.
 
 Prints ratios, asserts nothing:
 
   rerun     converged re-run of site.yml  vs  a one-task play on the same host
             (what the roles cost beyond Ansible's own per-play overhead)
-  sync      the pyenv role syncing a new venv  vs  a bare `uv venv && uv pip sync` of the
+  sync      the venv role syncing a new venv  vs  a bare `uv venv && uv pip sync` of the
             same lock, with a cold uv cache and with a warm one (the price of the lock
             policy, the uv --check calls, validation and the atomic flip)
-  no-op     the pyenv role with nothing to do  vs  a bare `uv pip sync --check`
+  no-op     the venv role with nothing to do  vs  a bare `uv pip sync --check`
 
 Usage: python3 bench/site_bench.py [--runs N] [--lock lockfiles/smoke-cpu.txt] [--image IMAGE] [--keep]
 Needs podman (CONTAINERS_CONF=lab/containers.conf on the lab machine) and the controller venv
@@ -70,10 +70,10 @@ class Lab(object):
             "mpi_flavor": "openmpi",
             "mpi_allow_run_as_root": True,
             "uv_ca_bundle": CA,
-            "pyenv_ca_bundle": CA,
-            "pyenv_cache_dir": STATE + "/uv-cache",
-            "pyenv_store_dir": STATE + "/venvs",
-            "pyenv_lockfile": self.lock,
+            "venv_ca_bundle": CA,
+            "venv_cache_dir": STATE + "/uv-cache",
+            "venv_store_dir": STATE + "/venvs",
+            "venv_lockfile": self.lock,
         }
         with open(self.inventory, "w") as handle:
             json.dump({"all": {"hosts": {NAME: host_vars}}}, handle)
@@ -133,12 +133,12 @@ ONE_TASK = """\
 """
 
 PYENV_ONLY = """\
-- name: The pyenv role alone
+- name: The venv role alone
   hosts: all
   gather_facts: true
   gather_subset: [min]
   roles:
-    - role: lockstep.cluster.pyenv
+    - role: lockstep.cluster.venv
 """
 
 
@@ -156,7 +156,7 @@ def main():
     try:
         site = os.path.join(REPO, "playbooks", "site.yml")
         one = lab.playbook(ONE_TASK, "one-task.yml")
-        pyenv = lab.playbook(PYENV_ONLY, "pyenv.yml")
+        venv = lab.playbook(PYENV_ONLY, "venv.yml")
         lock_in = STATE + "/bench-lock.txt"
         sh(["podman", "cp", lab.lock, "%s:%s" % (NAME, lock_in)])
 
@@ -185,7 +185,7 @@ def main():
                     timed(in_container("rm -rf %s/uv-cache" % STATE))
                 # A fresh key each time: the role must build a new venv (never reuse one).
                 wall, module = lab.play_module_time(
-                    pyenv, "-e", json.dumps({"pyenv_env": {"BENCH_RUN": "%s-%d-%f" % (cold, i, time.time())}}))
+                    venv, "-e", json.dumps({"venv_env": {"BENCH_RUN": "%s-%d-%f" % (cold, i, time.time())}}))
                 inner.setdefault(label, []).append(module)
                 return wall
             return run
@@ -197,10 +197,10 @@ def main():
         warm_role, warm_role_s = median_of(args.runs, role(False, "warm"))
         warm_bare, warm_bare_s = median_of(args.runs, bare(False))
 
-        lab.play(pyenv)  # settle on the key of a plain pyenv run
+        lab.play(venv)  # settle on the key of a plain venv run
 
         def noop(i):
-            wall, module = lab.play_module_time(pyenv)
+            wall, module = lab.play_module_time(venv)
             inner.setdefault("noop", []).append(module)
             return wall
         noop_role, noop_role_s = median_of(args.runs, noop)
@@ -210,9 +210,9 @@ def main():
 
         rows = [
             ("rerun", "site.yml converged re-run", site_t, "one-task play", one_t),
-            ("sync cold", "pyenv role, new venv, cold cache", cold_role, "bare uv venv + pip sync", cold_bare),
-            ("sync warm", "pyenv role, new venv, warm cache", warm_role, "bare uv venv + pip sync", warm_bare),
-            ("no-op", "pyenv role, nothing to do", noop_role, "bare uv pip sync --check", noop_bare),
+            ("sync cold", "venv role, new venv, cold cache", cold_role, "bare uv venv + pip sync", cold_bare),
+            ("sync warm", "venv role, new venv, warm cache", warm_role, "bare uv venv + pip sync", warm_bare),
+            ("no-op", "venv role, nothing to do", noop_role, "bare uv pip sync --check", noop_bare),
         ]
         print("lock: %s, runs: %d (medians, wall clock)" % (os.path.relpath(lab.lock, REPO), args.runs))
         print("%-10s %-36s %8s   %-26s %8s   %6s" % ("", "measured", "s", "floor", "s", "ratio"))

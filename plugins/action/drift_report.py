@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Cluster drift reports, written on the controller from every host's env_drift result."""
+"""Controller side of lockstep.cluster.drift_report: cluster drift reports, written on the controller from every host's env_drift result."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,7 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import report
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),

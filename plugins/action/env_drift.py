@@ -10,13 +10,14 @@ __metaclass__ = type
 
 import os
 
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.drift import HAS_PACKAGING, evaluate
 from ansible_collections.lockstep.cluster.plugins.module_utils.env_probe import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.module_utils.lockfile import LockError, load_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.drift import evaluate
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import read_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError
 
 
 class ActionModule(ActionBase):
@@ -24,26 +25,11 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = False
 
-    def _lock_path(self, lockfile):
-        try:
-            return self._find_needle("files", lockfile)
-        except AnsibleError:
-            # Ad-hoc pre-flight from a checkout: relative to the current directory.
-            if os.path.isfile(lockfile):
-                return os.path.abspath(lockfile)
-            raise AnsibleActionFail("lockfile %s not found on the controller" % lockfile)
-
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        if not HAS_PACKAGING:
-            raise AnsibleActionFail("lockstep.cluster.env_drift needs 'packaging' on the controller")
-        path = self._lock_path(args["lockfile"])
-        try:
-            lock = load_lock(path)
-        except LockError as exc:
-            raise AnsibleActionFail("cannot read lock: %s" % to_native(exc))
+        path, lock = read_lock(self, args["lockfile"])
 
         facts = self._execute_module(
             module_name="lockstep.cluster.env_drift", module_args=self._task.args, task_vars=task_vars

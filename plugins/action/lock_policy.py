@@ -1,24 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller-side lock policy check: the lockfile lives on the controller, not the hosts."""
+"""Controller side of lockstep.cluster.lock_policy: the lockfile lives on the controller, not the hosts."""
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleFileNotFound
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.lockfile import (
-    HAS_PACKAGING,
-    PACKAGING_IMPORT_ERROR,
-    LockError,
-    check_policy,
-    format_violations,
-    load_lock,
-)
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import find_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import check_policy, format_violations
 
 ARGUMENT_SPEC = {
-    "path": {"type": "path", "required": True},
+    "lockfile": {"type": "path", "required": True, "aliases": ["path"]},
     "cpu_only": {"type": "bool", "default": True},
     "python_version": {"type": "str"},
 }
@@ -50,7 +44,7 @@ def evaluate(path, cpu_only=True, python_version=None):
 
 
 class ActionModule(ActionBase):
-    """Validate a lockfile with ``module_utils.lockfile``; never touches the target."""
+    """Validate a lockfile with ``plugin_utils.policy``; never touches the target."""
 
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -60,14 +54,5 @@ class ActionModule(ActionBase):
         del tmp  # tmp no longer has any effect
 
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
-        if not HAS_PACKAGING:
-            return dict(result, failed=True, msg="the Python library 'packaging' is required on the controller: %s"
-                        % PACKAGING_IMPORT_ERROR)
-
-        # Like copy/template's src: role files/, then the playbook directory.
-        try:
-            path = self._find_needle("files", args["path"])
-        except AnsibleFileNotFound:
-            path = args["path"]  # load_lock reports the missing file under the name given
-        result.update(evaluate(path, args["cpu_only"], args["python_version"]))
+        result.update(evaluate(find_lock(self, args["lockfile"]), args["cpu_only"], args["python_version"]))
         return result

@@ -14,7 +14,11 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import inventory, mpi_probe
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, mpi_probe, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import MPI_WHEELS
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
+
+canonical = distributions.canonical_name
 
 # Shared by the module (host) and the action plugin (controller-side validation).
 ARGUMENT_SPEC = dict(
@@ -41,17 +45,12 @@ _UV_DIRS = ("/usr/local/bin", "/usr/bin", "~/.local/bin", "~/.cargo/bin")
 def find_uv(env, explicit=None):
     if explicit:
         return explicit
-    dirs = [d for d in env.get("PATH", "").split(os.pathsep) if d] + [os.path.expanduser(d) for d in _UV_DIRS]
-    for directory in dirs:
-        candidate = os.path.join(directory, "uv")
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return proc.find_executable(["uv"], proc.path_dirs(env) + list(_UV_DIRS))
 
 
 def uv_facts(env, explicit, pyvenv_cfg, timeout):
     path = find_uv(env, explicit)
-    line = inventory.tool_version([path, "--version"], env, timeout) if path else None
+    line = proc.first_line(proc.run([path, "--version"], env, timeout)) if path else None
     match = re.match(r"uv\s+(\S+)", line or "")
     return {
         "path": path,
@@ -61,11 +60,9 @@ def uv_facts(env, explicit, pyvenv_cfg, timeout):
     }
 
 
-def mpi_facts(raw, venv_roots, distributions, env, python, params):
+def mpi_facts(raw, venv_roots, installed, env, python, params):
     """Interpret the probe's MPI line, identify launcher and system MPI, run the smoke test."""
-    wheels = sorted(
-        set(re.sub(r"[-_.]+", "-", d["name"]).lower() for d in distributions) & set(mpi_probe.MPI_WHEELS)
-    )
+    wheels = sorted(set(canonical(d["name"]) for d in installed) & set(MPI_WHEELS))
     launcher = mpi_probe.launcher_facts(mpi_probe.find_launcher(env, params["launcher"]), env, params["timeout"])
     # The activated venv's PATH comes first, so an MPI wheel's bin/mpiexec wins there too.
     launcher["in_venv"] = bool(launcher["path"]) and mpi_probe.under(launcher["path"], venv_roots)
@@ -97,7 +94,7 @@ def collect(params, base_env):
     distributions with RECORD findings, uv, MPI. Never modifies anything."""
     venv = params["venv"]
     venv_real = os.path.realpath(venv)
-    env, env_file = inventory.venv_environment(venv, base_env, params["env_file"], params["environment"])
+    env, env_file = venv_environment(venv, base_env, params["env_file"], params["environment"])
     # Read-only: importing mpi4py (probe, smoke ranks) must not write __pycache__ into the venv.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     python = os.path.join(venv, "bin", "python")
@@ -109,14 +106,14 @@ def collect(params, base_env):
             "env_file": env_file,
         },
     }
-    pyvenv_cfg = inventory.read_pyvenv_cfg(venv_real)
+    pyvenv_cfg = distributions.read_pyvenv_cfg(venv_real)
     py_facts, raw_mpi, error = mpi_probe.probe(python, env, params["timeout"], with_mpi=params["mpi"])
     facts["python"] = py_facts or {}
     if error and not py_facts:
         facts["python"]["error"] = error
-    site_packages = (py_facts or {}).get("site_packages") or inventory.guess_site_packages(venv_real)
+    site_packages = (py_facts or {}).get("site_packages") or distributions.guess_site_packages(venv_real)
     facts["venv"]["site_packages"] = site_packages
-    facts["distributions"] = inventory.installed_distributions(
+    facts["distributions"] = distributions.installed_distributions(
         site_packages, verify_files=params["verify_files"], rehash_all=params["verify_all_files"])
     facts["uv"] = uv_facts(env, params["uv_path"], pyvenv_cfg, params["timeout"])
     if params["mpi"]:

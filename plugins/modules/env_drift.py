@@ -2,6 +2,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Host side (thin shell); the controller half is plugins/action/env_drift.py.
 
 from __future__ import absolute_import, division, print_function
 
@@ -28,40 +29,32 @@ description:
     C(MPI_Init): mpi4py version, the C(MPI.*.so) variant loaded, the libmpi actually mapped
     (C(/proc/self/maps)), launcher path and flavor, system MPI flavor and version, and a
     verdict C(compatible), C(incompatible) or C(unknown) with reasons. A launch smoke test
-    (C(mpiexec -n 2)) must see ranks 0 and 1 of size 2 and no I(suspicious MPI execution
+    (C(mpiexec -n 2)) must see ranks 0 and 1 of size 2 and no C(suspicious MPI execution
     environment) warning."
   - Returns a fingerprint (sha256 of Python, packages and MPI facts) so hosts can be compared.
   - Also the one-host pre-flight, for example
     C(ansible localhost -c local -m lockstep.cluster.env_drift -a "venv=/opt/venv lockfile=lockfiles/smoke-cpu.txt").
 author:
   - lockstep.cluster maintainers (@lockstep)
-extends_documentation_fragment: []
+extends_documentation_fragment:
+  - lockstep.cluster.attributes
+  - lockstep.cluster.attributes.ACTION
+  - lockstep.cluster.attributes.PLATFORM
+  - lockstep.cluster.lockfile
 attributes:
   check_mode:
     support: full
-    description: The module never changes the host, so check mode runs the same audit.
+    details: The module never changes the host, so check mode runs the same audit.
   diff_mode:
     support: none
-    description: Nothing is changed, so there is no diff.
-  action:
-    support: full
-    description: The C(lockstep.cluster.env_drift) action plugin parses the lock on the controller.
   platform:
-    support: full
     platforms: posix
-    description: Linux hosts (C(/proc/self/maps) names the loaded libmpi).
+    details: Linux hosts (C(/proc/self/maps) names the loaded libmpi).
 options:
   venv:
     description:
       - Path of the virtual environment on the host. May be a symlink (for example
         C(current) pointing at a hash-keyed directory); both paths are reported.
-    type: path
-    required: true
-  lockfile:
-    description:
-      - Path of the lock (a hash-pinned C(requirements.txt) from C(uv pip compile)) on the
-        B(controller). Relative paths are searched like other controller files (role
-        C(files/), playbook directory, then the current directory).
     type: path
     required: true
   fail_on_drift:
@@ -118,9 +111,9 @@ options:
     type: path
   env_file:
     description:
-      - File of C(KEY=VALUE) lines (C(export), quotes and C($VAR) references allowed) applied
-        to the environment of the venv's Python and the launcher, as the provisioning roles
-        write it (C(LD_LIBRARY_PATH), C(MPI4PY_LIBMPI), ...).
+      - File of C(KEY=VALUE) lines applied to the environment of the venv's Python and the
+        launcher, in the format the provisioning writes (C(LD_LIBRARY_PATH), C(MPI4PY_LIBMPI), ...):
+        literal values, no quotes, no C($VAR) expansion, exactly what C(bin/activate) exports.
       - Default is C(<venv>/lockstep.env) when it exists. A given file that does not exist is an error.
     type: path
   environment:
@@ -359,7 +352,7 @@ def main():
         module.fail_json(msg="env_file %s does not exist" % env_file)
     try:
         facts = collect(module.params, dict(os.environ))
-    except (IOError, OSError, RuntimeError) as exc:
+    except (IOError, OSError, RuntimeError, ValueError) as exc:
         module.fail_json(msg="env_drift probe failed: %s" % exc)
     module.exit_json(changed=False, **facts)
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-# Documentation only: the work is done on the controller by plugins/action/lock_policy.py.
+# Controller side: documentation only, the work is done by plugins/action/lock_policy.py.
 
 DOCUMENTATION = r"""
 ---
@@ -25,13 +25,15 @@ description:
     hashes, dangling continuations) fail with a message naming C(path:line) and the reason.
   - Runs only on the controller; the target host is not contacted.
 options:
-  path:
+  lockfile:
     description:
       - Path of the lockfile on the controller.
-      - A relative path is searched like the O(ansible.builtin.copy#module:src) of a task, in the
-        role's C(files/) directory, then relative to the playbook directory.
+      - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
+        role's C(files/), the playbook directory and its C(files/)), then in the current directory,
+        by the same rule as M(lockstep.cluster.uv_sync) and M(lockstep.cluster.env_drift).
     type: path
     required: true
+    aliases: [path]
   cpu_only:
     description:
       - Also fail on GPU packages (see the description).
@@ -76,17 +78,17 @@ seealso:
 EXAMPLES = r"""
 - name: Refuse to roll out a lock that is not hash-pinned and CPU-only
   lockstep.cluster.lock_policy:
-    path: lockfiles/mlperf-storage-cpu.txt
+    lockfile: lockfiles/mlperf-storage-cpu.txt
   run_once: true
 
 - name: Check the lock also fits the hosts' Python
   lockstep.cluster.lock_policy:
-    path: "{{ pyenv_lockfile }}"
+    lockfile: "{{ venv_lockfile }}"
     python_version: "{{ ansible_facts['python_version'] }}"
 
 - name: A GPU lock is allowed on GPU nodes, but it must still be pinned and hashed
   lockstep.cluster.lock_policy:
-    path: lockfiles/gpu.txt
+    lockfile: lockfiles/gpu.txt
     cpu_only: false
 """
 

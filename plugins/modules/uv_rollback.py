@@ -2,6 +2,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Host side (thin shell): the work is module_utils.venv_store.rollback.
 
 from __future__ import absolute_import, division, print_function
 
@@ -12,14 +13,24 @@ DOCUMENTATION = r"""
 module: uv_rollback
 short_description: Flip a lockstep venv symlink back to the previous venv
 description:
-  - Swaps I(path) (the C(current) symlink managed by M(lockstep.cluster.uv_sync)) and
-    I(previous), each with an atomic C(rename(2)). Running it twice rolls forward again.
+  - Swaps O(path) (the C(current) symlink managed by M(lockstep.cluster.uv_sync)) and
+    O(previous), each with an atomic C(rename(2)). Running it twice rolls forward again.
   - Fails without touching anything when there is no complete previous venv.
   - A later M(lockstep.cluster.uv_sync) of the newer lock flips forward again (the rolled-away
     venv is kept, so that is only a flip). To stay on the old venv, revert the lock.
 version_added: "0.1.0"
 author:
   - lockstep.cluster maintainers (@lockstep)
+extends_documentation_fragment:
+  - lockstep.cluster.attributes
+  - lockstep.cluster.attributes.PLATFORM
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 options:
   path:
     description: The stable venv path (symlink).
@@ -28,8 +39,6 @@ options:
   previous:
     description: The symlink to the previous venv. Default C(<path>.previous).
     type: path
-notes:
-  - Supports check mode.
 """
 
 EXAMPLES = r"""
@@ -40,25 +49,19 @@ EXAMPLES = r"""
 
 RETURN = r"""
 venv:
-  description: The venv I(path) points to after the rollback.
+  description: The venv O(path) points to after the rollback.
   returned: success
   type: str
 previous:
-  description: The venv I(path) pointed to before (now linked from I(previous)).
+  description: The venv O(path) pointed to before (now linked from O(previous)).
   returned: success
   type: str
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_sync import (
-    SyncError,
-    inspect_path,
-    is_venv,
-    read_meta,
-    rollback,
-)
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import rollback
 
 
 def main():
@@ -69,18 +72,10 @@ def main():
         ),
         supports_check_mode=True,
     )
-    path = module.params["path"].rstrip("/")
-    previous = module.params["previous"] or path + ".previous"
     try:
-        if module.check_mode:
-            state, current = inspect_path(path)
-            target = os.path.realpath(previous) if os.path.islink(previous) else None
-            if state not in ("link", "dangling") or not target or not is_venv(target) or read_meta(target) is None:
-                raise SyncError("no complete previous venv for %s: nothing to roll back to" % path, "rollback")
-            module.exit_json(changed=True, venv=target, previous=current)
-        old, new = rollback(path, previous)
+        old, new = rollback(module.params["path"], module.params["previous"], check_mode=module.check_mode)
     except SyncError as exc:
-        module.fail_json(msg=exc.message)
+        module.fail_json(msg=exc.message, kind=exc.kind)
     module.exit_json(changed=True, venv=new, previous=old)
 
 

@@ -1,8 +1,10 @@
-"""Make ``ansible_collections.lockstep.cluster`` importable from a plain checkout."""
+"""Make ``ansible_collections.lockstep.cluster`` and the shared test helpers importable from a
+plain checkout."""
 
 import sys
 from pathlib import Path
 
-_COLLECTIONS = Path(__file__).resolve().parents[2] / ".collections"
-if str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
+_HERE = Path(__file__).resolve().parent
+for _path in (_HERE.parents[1] / ".collections", _HERE):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))

@@ -1,0 +1,25 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side: the O(lockfile) option every module that takes a lock shares."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+
+    DOCUMENTATION = r"""
+options:
+  lockfile:
+    description:
+      - Path of the lock on the B(controller): a hash-pinned C(requirements.txt) from
+        C(uv pip compile --generate-hashes). It is parsed there with C(packaging).
+      - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
+        role's C(files/), the playbook directory and its C(files/)), then in the current directory,
+        by the same rule in M(lockstep.cluster.uv_sync), M(lockstep.cluster.env_drift) and
+        M(lockstep.cluster.lock_policy).
+    type: path
+    required: true
+"""

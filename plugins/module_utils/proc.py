@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host side: the one subprocess runner and PATH search every module uses (stdlib only).
+
+Every child runs in its own session so a timeout kills the whole process group (mpiexec
+leaves ranks behind, uv leaves build backends), and a child killed by a signal says so.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import os
+import signal
+import subprocess
+import time
+
+Result = collections.namedtuple("Result", "rc out err seconds timed_out")
+
+
+def run(argv, env=None, timeout=None, cwd=None):
+    """Run ``argv``; never raises for a child that cannot start (rc 127, the reason in err).
+
+    ``rc`` is the exit status, negative for a signal (as subprocess reports it), None on a
+    timeout (the process group was killed).
+    """
+    start = time.time()
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True, universal_newlines=True)
+    except OSError as exc:
+        return Result(127, "", "cannot run %s: %s" % (argv[0], exc.strerror or exc), 0.0, False)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+        return Result(None, out, err, round(time.time() - start, 3), True)
+    except BaseException:
+        # The module itself is being stopped (SIGTERM -> SystemExit): take the children along.
+        kill_group(proc.pid)
+        raise
+    return Result(proc.returncode, out, err, round(time.time() - start, 3), False)
+
+
+def kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def describe(result, what, timeout=None):
+    """``what`` exited 2 / was killed by SIGKILL / timed out after 30s / could not start."""
+    if result.timed_out:
+        return "%s timed out after %ss (its process group was killed)" % (what, timeout or "?")
+    if result.rc == 127 and result.err.startswith("cannot run"):
+        return result.err
+    if result.rc is not None and result.rc < 0:
+        try:
+            name = signal.Signals(-result.rc).name
+        except ValueError:
+            name = "signal %d" % -result.rc
+        return "%s was killed by %s" % (what, name)
+    return "%s exited %s" % (what, result.rc)
+
+
+def first_line(result):
+    """First line of a successful command's output, else None (``uv --version``)."""
+    if result.rc != 0:
+        return None
+    lines = (result.out or result.err or "").strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def tail(text, lines=12):
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def find_executable(names, dirs):
+    """First ``dirs/name`` that is an executable file, trying each name in turn."""
+    for name in names:
+        for directory in dirs:
+            candidate = os.path.join(os.path.expanduser(directory), name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def path_dirs(env):
+    return [d for d in (env or {}).get("PATH", "").split(os.pathsep) if d]

@@ -1,0 +1,53 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side: what an action plugin needs from a host beyond one module run — a file
+pushed into the task's remote temp dir, and OS packages installed with Ansible's own modules.
+
+Both happen only when the module's idempotent check said they are needed, so a converged
+host costs one round trip.
+"""
+
+from __future__ import annotations
+
+import os
+
+# What installs packages, by what the host module found (module_utils.os_packages.manager).
+_PACKAGE_MODULES = {
+    "apt": ("ansible.builtin.apt", {"update_cache": True, "cache_valid_time": 3600, "install_recommends": False}),
+    "dnf": ("ansible.builtin.dnf", {}),
+    "yum": ("ansible.builtin.yum", {}),
+}
+
+
+def push_file(action, src, name=None):
+    """Copy the controller file ``src`` into the task's remote temp dir; returns the remote path.
+
+    The temp dir is made on first use; ``cleanup`` removes it.
+    """
+    shell = action._connection._shell
+    if shell.tmpdir is None:
+        action._make_tmp_path()
+    remote = shell.join_path(shell.tmpdir, name or os.path.basename(src))
+    action._transfer_file(src, remote)
+    action._fixup_perms2((shell.tmpdir, remote))
+    return remote
+
+
+def cleanup(action):
+    tmpdir = action._connection._shell.tmpdir
+    if tmpdir is not None:
+        action._remove_tmp_path(tmpdir)
+
+
+def install_packages(action, task_vars, manager, names):
+    """Install ``names`` with the distribution's package module; returns that module's result.
+
+    In check mode nothing runs: the result predicts the install (apt cannot even simulate
+    without python3-apt on the host).
+    """
+    if action._task.check_mode:
+        return {"changed": True, "msg": "would install %s" % ", ".join(names)}
+    module, extra = _PACKAGE_MODULES.get(manager, ("ansible.builtin.package", {}))
+    args = dict(extra, name=list(names), state="present")
+    return action._execute_module(module_name=module, module_args=args, task_vars=task_vars)

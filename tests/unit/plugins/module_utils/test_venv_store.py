@@ -1,0 +1,431 @@
+"""roles/venv's engine on the host: plugins/module_utils/venv_store.py (and store_fs).
+
+The store tests run the real uv against a local wheelhouse of tiny hand-made wheels
+(offline, seconds): first sync, no-op, new lock, rollback, and every failure that must leave
+``current`` exactly as it was (bad hash, uv killed mid-sync, failed validation, offline with a
+cold cache, no network, a Python too old, a path that is not a venv).
+"""
+
+import glob
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import textwrap
+
+import pytest
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env
+from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+
+from helpers import BASE_PYTHON, UV, installed, lock_of, lock_text, python_version, snapshot, wheelhouse
+
+
+@pytest.fixture
+def house(tmp_path):
+    return wheelhouse(tmp_path)
+
+
+def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, find_links=True, **kwargs):
+    runner_args = dict(offline=offline, cache_dir=str(house["tmp"] / "cache"),
+                       find_links=[house["dir"]] if find_links else [])
+    runner_args.update(kwargs.pop("runner", {}))
+    runner = UvRunner(uv, base_env=dict(os.environ, UV_HTTP_RETRIES="0"), **runner_args)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    lockfile = house["tmp"] / ("lock-%s.txt" % sha[:12])
+    lockfile.write_text(text)
+    store = m.VenvStore(runner, str(house["tmp"] / "opt" / "venv"), str(house["tmp"] / "opt" / "venvs"),
+                        BASE_PYTHON, python_version(), sha, lockfile_name=name, env=env or {}, **kwargs)
+    store.lock_text, store.lockfile = text, str(lockfile)
+    return store
+
+
+def sync(store):
+    return store.sync(store.lockfile)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def test_lock_stem():
+    assert m.lock_stem("lockfiles/smoke-cpu.txt") == "smoke-cpu"
+    assert m.lock_stem("/x/mlperf storage.lock") == "mlperf-storage"
+    assert m.lock_stem("pylock.smoke.toml") == "pylock.smoke"
+    assert m.lock_stem("") == "lock"
+
+
+def test_key_changes_with_inputs_but_not_python_patch():
+    base = dict(lockfile_sha256="a" * 64, python_path="/usr/bin/python3", python_version="3.11.2")
+
+    def variant(**changes):
+        args = dict(base)
+        args.update(changes)
+        return m.compute_key(**args)
+
+    key = m.compute_key(**base)
+    assert key == variant(python_version="3.11.9")
+    assert key != variant(python_version="3.12.1")
+    assert key != variant(lockfile_sha256="b" * 64)
+    assert key != m.compute_key(env={"MPI4PY_MPIABI": "mpich"}, **base)
+    assert key != m.compute_key(mpi4py_mode="source", **base)
+    assert key != m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
+    one = m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
+    two = m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.openmpi"}}, **base)
+    assert one != two
+
+
+def test_uv_config_for_build_variables():
+    assert m.render_uv_config({}) is None
+    text = m.render_uv_config({"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich", "LOCKSTEP_MPI": "mpich-4.0.2"}})
+    assert text == ('[pip]\nextra-build-variables = { "mpi4py" = { LOCKSTEP_MPI = "mpich-4.0.2", '
+                    'MPICC = "/usr/bin/mpicc.mpich" } }\n')
+
+
+def test_inspect_path(tmp_path):
+    venv = tmp_path / "v"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (tmp_path / "link").symlink_to(venv)
+    (tmp_path / "bad").symlink_to(plain)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert store_fs.inspect_path(str(tmp_path / "absent")) == ("absent", None)
+    assert store_fs.inspect_path(str(tmp_path / "link"))[0] == "link"
+    assert store_fs.inspect_path(str(tmp_path / "bad"))[0] == "not-venv"
+    assert store_fs.inspect_path(str(tmp_path / "gone"))[0] == "dangling"
+    assert store_fs.inspect_path(str(venv))[0] == "venv-dir"
+    assert store_fs.inspect_path(str(plain))[0] == "not-venv"
+
+
+def test_flip_link_is_a_rename(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    link = str(tmp_path / "current")
+    store_fs.flip_link(link, str(a))
+    inode = os.lstat(link).st_ino
+    store_fs.flip_link(link, str(b))
+    assert os.readlink(link) == str(b)
+    assert os.lstat(link).st_ino != inode  # replaced, not rewritten
+    assert sorted(os.listdir(str(tmp_path))) == ["a", "b", "current"]  # no temp link left
+
+
+def test_prune_keeps_protected_and_newest(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def venv(name, created, path="/opt/venv"):
+        d = store / name
+        d.mkdir()
+        (d / "pyvenv.cfg").write_text("")
+        (d / store_fs.META_FILE).write_text(json.dumps({"created": created, "path": path}))
+        return str(d)
+
+    old, mid, new, cur = (venv("x-%012x" % i, i) for i in (1, 2, 3, 4))
+    other = venv("y-%012x" % 9, 0, path="/opt/other")
+    partial = store / ("x-%012x" % 5)
+    partial.mkdir()  # interrupted build: no metadata
+    foreign = store / "not-ours"
+    foreign.mkdir()
+    removed = store_fs.prune(str(store), "/opt/venv", "x", [cur, old], keep=3)
+    assert sorted(removed) == sorted([mid, str(partial)])
+    assert os.path.isdir(new) and os.path.isdir(old) and os.path.isdir(cur)
+    assert os.path.isdir(other) and foreign.is_dir()
+
+
+def test_rollback_requires_a_previous(tmp_path):
+    with pytest.raises(SyncError) as err:
+        m.rollback(str(tmp_path / "venv"))
+    assert "nothing to roll back" in err.value.message
+
+
+# ---------------------------------------------------------------- store, with real uv
+
+def test_first_sync_noop_new_lock_and_rollback(house):
+    first = make_store(house, lock_of(house, ("alpha", "1.0"), ("beta", "1.0")), env={"MPI4PY_MPIABI": "openmpi"})
+    applied = sync(first)
+    assert applied["action"] == "build" and applied["current"] is None and applied["built"]
+    current = first.path
+    assert os.path.islink(current) and os.path.realpath(current) == first.target
+    assert installed(current) == {"alpha": "1.0", "beta": "1.0"}
+    venv = os.path.realpath(current)
+    assert venv_env.parse(open(os.path.join(venv, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
+    assert venv_env.HOOK_BEGIN in open(os.path.join(venv, "bin", "activate")).read()
+    assert open(os.path.join(venv, m.LOCKFILE_COPY)).read() == first.lock_text
+    assert store_fs.read_meta(venv)["key"] == first.key
+
+    # The activate hook exports lockstep.env.
+    out = subprocess.check_output(["bash", "-c", ". %s/bin/activate && echo $MPI4PY_MPIABI" % current],
+                                  universal_newlines=True)
+    assert out.strip() == "openmpi"
+
+    # Same lock, same venv: uv says in sync -> nothing to do.
+    again = make_store(house, first.lock_text, env={"MPI4PY_MPIABI": "openmpi"})
+    assert again.plan()["action"] == "none"
+
+    # New lock: a new venv, the old one becomes `previous`, current flips.
+    second = make_store(house, lock_of(house, ("alpha", "2.0"), ("gamma", "1.0")), env={"MPI4PY_MPIABI": "openmpi"})
+    applied = sync(second)
+    assert applied["action"] == "build" and applied["current"] == venv
+    assert os.path.realpath(current) == second.target
+    assert os.path.realpath(current + ".previous") == venv
+    assert installed(current) == {"alpha": "2.0", "gamma": "1.0"}
+    assert installed(venv) == {"alpha": "1.0", "beta": "1.0"}  # the old venv was not touched
+
+    # Rollback swaps current and previous; re-applying the first lock is then a no-op.
+    old, new = m.rollback(current)
+    assert (old, new) == (second.target, venv)
+    assert os.path.realpath(current) == venv and os.path.realpath(current + ".previous") == second.target
+    assert make_store(house, first.lock_text, env={"MPI4PY_MPIABI": "openmpi"}).plan()["action"] == "none"
+
+    # ...and the second lock now only needs a flip to its kept venv, no rebuild.
+    forward = make_store(house, second.lock_text, env={"MPI4PY_MPIABI": "openmpi"})
+    assert forward.plan()["action"] == "flip"
+
+
+def test_env_change_builds_a_new_venv(house):
+    text = lock_of(house, ("alpha", "1.0"))
+    first = make_store(house, text, env={"MPI4PY_MPIABI": "openmpi"})
+    sync(first)
+    switched = make_store(house, text, env={"MPI4PY_MPIABI": "mpich"})
+    plan = switched.plan()
+    assert plan["action"] == "build" and plan["target"] != first.target
+    described = switched.describe(plan)
+    assert described["before"] == {"alpha": "1.0"}  # same packages, new environment
+    assert described["before_env"] == {"MPI4PY_MPIABI": "openmpi"}
+    assert described["after_env"] == {"MPI4PY_MPIABI": "mpich"}
+    sync(switched)
+    assert venv_env.parse(open(os.path.join(first.path, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "mpich"}
+    assert venv_env.parse(open(os.path.join(first.target, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
+
+
+def test_plan_and_describe_change_nothing(house):
+    first = make_store(house, lock_of(house, ("alpha", "1.0"), ("beta", "1.0")))
+    # Fresh host: plan says build, describe has no "after" (the controller predicts it from
+    # the lock), and nothing is written.
+    plan = first.plan()
+    assert plan["action"] == "build" and "after" not in first.describe(plan)
+    assert first.describe(plan)["before"] == {}
+    assert not os.path.lexists(first.path) and not os.path.exists(first.store)
+    sync(first)
+    state = snapshot(first.path)
+    second = make_store(house, lock_of(house, ("alpha", "2.0"), ("beta", "1.0")))
+    plan = second.plan()
+    assert plan["action"] == "build"
+    assert second.describe(plan)["before"] == {"alpha": "1.0", "beta": "1.0"}
+    assert snapshot(first.path) == state
+    assert sorted(os.listdir(first.store)) == sorted([".lockstep.lock", os.path.basename(first.target)])
+
+
+def test_drifted_live_venv_is_replaced_not_repaired(house):
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(store)
+    live = os.path.realpath(store.path)
+    subprocess.check_call([UV, "pip", "install", "--quiet", "--offline", "--find-links", house["dir"],
+                           "--cache-dir", str(house["tmp"] / "cache"),
+                           "--python", os.path.join(live, "bin", "python"), "gamma==1.0"])
+    plan = store.plan()
+    assert plan["action"] == "build" and plan["drift"]
+    assert plan["target"] != live and plan["target"].startswith(store.target + "-")
+    applied = sync(store)
+    assert applied["drift"] and applied["current"] == live
+    assert installed(store.path) == {"alpha": "1.0"}
+    assert installed(live) == {"alpha": "1.0", "gamma": "1.0"}  # kept as found, as `previous`
+    assert os.path.realpath(store.path + ".previous") == live
+    assert store.plan()["action"] == "none"
+
+
+@pytest.mark.parametrize("verify_files, link_mode", [(True, "copy"), (True, "hardlink"), (False, "copy")])
+def test_edited_file_in_live_venv(house, verify_files, link_mode):
+    # With hardlink the edit also lands in uv's cache: the rebuild must not copy it back.
+    store = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": link_mode},
+                       verify_files=verify_files)
+    sync(store)
+    live = os.path.realpath(store.path)
+    module = glob.glob(os.path.join(live, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    with open(module, "a") as handle:
+        handle.write("print('edited')\n")
+    plan = store.plan()
+    if not verify_files:
+        assert plan["action"] == "none"  # uv alone does not see it
+        return
+    assert plan["action"] == "build" and plan["drift"]
+    assert [(c["name"], c["action"], c["files"]) for c in plan["changes"]] == [
+        ("alpha", "tampered", ["alpha/__init__.py"])]
+    sync(store)
+    fresh = glob.glob(os.path.join(store.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    assert "edited" not in open(fresh).read()
+    assert "edited" in open(module).read()  # the old venv is kept as found, as `previous`
+    assert not os.path.samefile(fresh, module)
+    assert store.plan()["action"] == "none"
+
+
+def test_poisoned_cache_is_purged_before_the_flip(house):
+    # A hardlinked venv edited in place poisons uv's cache; the next new venv (another lock)
+    # would get the edited file from it. The role checks a new venv before flipping to it.
+    first = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": "hardlink"})
+    sync(first)
+    module = glob.glob(os.path.join(first.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    with open(module, "a") as handle:
+        handle.write("print('edited')\n")
+    second = make_store(house, lock_of(house, ("alpha", "1.0"), ("beta", "1.0")), runner={"link_mode": "copy"},
+                        verify_files=True)
+    sync(second)
+    fresh = glob.glob(os.path.join(second.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
+    assert os.path.realpath(second.path) == second.target
+    assert "edited" not in open(fresh).read()
+
+
+def _assert_failure_leaves_current(house, bad_store, kind, before):
+    with pytest.raises(SyncError) as err:
+        sync(bad_store)
+    assert err.value.kind == kind, err.value.message
+    assert snapshot(bad_store.path) == before
+    # The half-built venv is gone; only the live venv (and the store lock) remain.
+    assert sorted(os.listdir(bad_store.store)) == sorted([".lockstep.lock", os.path.basename(before[0])])
+    return err.value
+
+
+def test_bad_hash_leaves_current_untouched(house):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    bad = make_store(house, lock_text([("alpha", "2.0", "0" * 64)]))
+    error = _assert_failure_leaves_current(house, bad, "hash", before)
+    assert "hash" in error.message
+
+
+def test_uv_killed_mid_sync_leaves_current_untouched(house, tmp_path):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    # A uv that gets SIGKILLed during the real sync (not during --check or venv creation).
+    wrapper = tmp_path / "uv-killed"
+    wrapper.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        case " $* " in
+          *" pip sync "*" --check "*|*" --dry-run "*) exec %(uv)s "$@" ;;
+          *" pip sync "*) %(uv)s "$@" & sleep 0.2; kill -9 $! 2>/dev/null; kill -9 $$ ;;
+          *) exec %(uv)s "$@" ;;
+        esac
+        """ % {"uv": UV}))
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    killed = make_store(house, lock_of(house, ("alpha", "2.0"), ("beta", "1.0")), uv=str(wrapper))
+    error = _assert_failure_leaves_current(house, killed, "killed", before)
+    assert "killed by SIGKILL" in error.message
+
+
+def test_failed_validation_leaves_current_untouched(house):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    bad = make_store(house, lock_of(house, ("alpha", "1.0"), ("broken", "1.0")), validate_imports=["broken"])
+    error = _assert_failure_leaves_current(house, bad, "validate", before)
+    assert "broken on purpose" in error.message
+
+
+def test_expected_set_from_the_controller_must_match(house):
+    # uv says the venv is the lock; the controller's reading of the lock says otherwise
+    # (e.g. a marker uv and packaging disagree on): refuse the flip, name the package.
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    bad = make_store(house, lock_of(house, ("alpha", "2.0"), ("beta", "1.0")), expected={"alpha": "2.0"})
+    error = _assert_failure_leaves_current(house, bad, "validate", before)
+    assert "beta: 1.0 installed, none locked" in error.message
+
+
+def test_lockfile_on_the_host_must_be_the_controllers(house, tmp_path):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    other = tmp_path / "other.txt"
+    other.write_text(lock_of(house, ("alpha", "2.0")))
+    with pytest.raises(SyncError) as err:
+        good.sync(str(other))
+    assert err.value.kind == "input" and good.lockfile_sha256 in err.value.message
+    assert not os.path.lexists(good.path)
+
+
+def test_edited_lockfile_copy_in_the_live_venv_means_rebuild(house):
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(store)
+    with open(os.path.join(store.target, m.LOCKFILE_COPY), "a") as handle:
+        handle.write("# edited\n")
+    assert store.plan()["action"] == "build"
+
+
+def test_offline_cold_cache_is_one_clear_message(house):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    cold = make_store(house, lock_of(house, ("alpha", "2.0")), find_links=False,
+                      runner={"cache_dir": str(house["tmp"] / "cold-cache")})
+    error = _assert_failure_leaves_current(house, cold, "offline", before)
+    assert "cold-cache" in error.message
+
+
+def test_no_network_is_one_clear_message(house):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    unreachable = make_store(house, lock_of(house, ("alpha", "2.0")), offline=False, find_links=False,
+                             runner={"cache_dir": str(house["tmp"] / "cold-cache"),
+                                     "index_url": "http://127.0.0.1:9/simple"})
+    error = _assert_failure_leaves_current(house, unreachable, "network", before)
+    assert "network" in error.message
+
+
+def test_lock_needing_newer_python_is_one_clear_message(house):
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    future = make_store(house, lock_of(house, ("future", "1.0")), offline=False, find_links=False,
+                        runner={"index_url": house["index"]})
+    error = _assert_failure_leaves_current(house, future, "python", before)
+    assert ">=3.99" in error.message
+
+
+def test_interrupted_build_is_cleaned_up_next_run(house):
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    os.makedirs(store.target)
+    open(os.path.join(store.target, "pyvenv.cfg"), "w").close()  # killed before lockstep.json
+    assert store.plan()["action"] == "build"
+    sync(store)
+    assert installed(store.path) == {"alpha": "1.0"}
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "venv-dir", "link-to-dir"])
+def test_path_that_is_not_our_symlink_is_refused(house, kind):
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    os.makedirs(os.path.dirname(store.path))
+    if kind == "file":
+        open(store.path, "w").write("keep me")
+    elif kind == "dir":
+        os.makedirs(store.path)
+        open(os.path.join(store.path, "data"), "w").write("keep me")
+    elif kind == "venv-dir":
+        os.makedirs(store.path)
+        open(os.path.join(store.path, "pyvenv.cfg"), "w").write("home = /usr/bin\n")
+    else:
+        other = str(house["tmp"] / "elsewhere")
+        os.makedirs(other)
+        os.symlink(other, store.path)
+    with pytest.raises(SyncError) as err:
+        store.plan()
+    assert err.value.kind == "not-venv"
+    assert store.path in err.value.message
+    assert os.path.lexists(store.path) and not os.path.exists(store.store)
+
+
+@pytest.mark.parametrize("link_mode, shared", [("copy", False), ("hardlink", True)])
+def test_link_mode_decides_whether_the_venv_shares_inodes_with_the_cache(house, link_mode, shared):
+    # With hardlinks an in-place edit of a venv file also edits uv's cache (and the rollback
+    # venv): the drift validator's tamper finding would then survive a re-sync.
+    store = make_store(house, lock_of(house, ("alpha", "1.0")), runner={"link_mode": link_mode})
+    sync(store)
+    site = glob.glob(os.path.join(store.target, "lib", "python*", "site-packages"))[0]
+    files = [os.path.join(root, n) for root, _d, names in os.walk(site) for n in names
+             if "alpha" in os.path.relpath(os.path.join(root, n), site) and n.endswith(".py")]
+    assert files
+    assert all((os.stat(f).st_nlink > 1) is shared for f in files)
