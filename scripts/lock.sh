@@ -13,11 +13,11 @@
 #
 # Each .in states its own uv flags on a "# lock-flags:" line; the token $LOCKSTEP_WHEELS
 # there stands for the wheelhouse directory (env LOCKSTEP_WHEELS, default /opt/wheels), which
-# holds the CPU torch wheel that PyPI does not have. Every lock also gets:
-#   --generate-hashes                    a hash for every distribution (uv pip sync --require-hashes)
-#   --index-url https://pypi.org/simple  explicit, so the result does not depend on local config
-#   --emit-index-url                     the lock names its index; `uv pip sync --index-url X`
-#                                        on a host (a mirror) still overrides it
+# holds the CPU torch wheel that PyPI does not have. Every lock also gets --generate-hashes
+# (a hash for every distribution, for uv pip sync --require-hashes). The index is uv's own
+# default; LOCKSTEP_INDEX_URL resolves against a mirror instead. No index is written into a
+# lock (nothing in the repository names an index host): hosts use uv's default or the role's
+# venv_index_url.
 # Find-links are NOT emitted into the lock: the wheelhouse is a path on this machine and uv
 # rejects a lock whose --find-links directory does not exist; hosts pass their own torch
 # source at sync time. uv would then drop --find-links from its header, so the header is
@@ -50,7 +50,9 @@ for var in "${!UV_@}"; do
   case $var in UV_CACHE_DIR | UV_NO_PROGRESS | UV_NATIVE_TLS | UV_SYSTEM_CERTS | UV_HTTP_TIMEOUT) ;; *) unset "$var" ;; esac
 done
 
-common=(--generate-hashes --index-url https://pypi.org/simple --emit-index-url)
+common=(--generate-hashes)
+index=()
+[ -n "${LOCKSTEP_INDEX_URL:-}" ] && index=(--index-url "$LOCKSTEP_INDEX_URL")
 
 # compile IN OUT HEADER_OUT [UV-ARGS...]: resolve IN into OUT; the header names HEADER_OUT.
 compile() {
@@ -73,7 +75,7 @@ compile() {
   local -a args=(pip compile "${flags[@]}" "${common[@]}" "$in")
   local header
   header="uv$(printf ' %q' "${args[@]}" -o "$header_out")"
-  "$uv" --no-config "${args[@]}" -o "$out" --custom-compile-command "$header" --quiet --no-progress "$@"
+  "$uv" --no-config "${args[@]}" "${index[@]}" -o "$out" --custom-compile-command "$header" --quiet --no-progress "$@"
 }
 
 shopt -s nullglob
