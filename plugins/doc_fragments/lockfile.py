@@ -14,7 +14,7 @@ class ModuleDocFragment(object):
 options:
   lockfile:
     description:
-      - Path of the lock on the B(controller): a hash-pinned C(requirements.txt) from
+      - Path of the lock on the B(controller), a hash-pinned C(requirements.txt) from
         C(uv pip compile --generate-hashes). It is parsed there with C(packaging).
       - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
         role's C(files/), the playbook directory and its C(files/)), then in the current directory,
