@@ -128,6 +128,13 @@ options:
     description: Seconds allowed for each uv command.
     type: int
     default: 1800
+  lock_timeout:
+    description:
+      - Seconds to wait for the venv store lock another run on this host holds (one lock from
+        plan to flip). After that the task fails naming the holder (pid, host, start time and
+        what it is doing) and nothing is changed.
+    type: int
+    default: 600
   stage:
     description: Internal, set by the action plugin. V(plan) only looks; V(apply) builds and flips.
     type: str

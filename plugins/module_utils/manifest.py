@@ -1,0 +1,306 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host side: a venv's manifest — every entry of the venv tree, owned by the tool (stdlib only).
+
+Written when a venv is built, before it goes live, beside it in the store
+(``<store>/<venv>.manifest.json``: outside the venv, root's, not writable by whoever can write
+the venv). The validator and the sync's converged check compare the live tree with it: new,
+missing and changed entries anywhere (site-packages, ``bin/``, ``.pth``, ``__pycache__``).
+
+A wheel's RECORD is the wheel's own claim, checked once at build time (``record_mismatches``);
+after that only the manifest is trusted.
+
+Fast path: a file is re-hashed unless its inode, size, mode, mtime AND ctime are exactly as
+recorded. ctime cannot be set back by a process that can write the venv (only a clock change
+can), so an edit always moves it, ``touch -r`` included; a RECORD's time plays no part.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import csv
+import errno
+import hashlib
+import json
+import multiprocessing
+import os
+import stat
+import time
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import MANIFEST_SUFFIX
+
+FORMAT = 1
+# Files read by each forked worker; below PARALLEL_MIN a fork costs more than it saves.
+PARALLEL_MIN = 2000
+WORKERS = min(8, os.cpu_count() or 1)
+# A report names at most this many entries (a dropped tree could add thousands).
+MAX_FINDINGS = 500
+_CHUNK = 1 << 20
+_KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "link"))
+
+
+class ManifestError(Exception):
+    """The manifest cannot be used (missing, unreadable, another format), with the reason."""
+
+
+def location(venv):
+    """Where the manifest of ``venv`` (any path to it) lives: beside its real directory."""
+    return os.path.realpath(venv).rstrip(os.sep) + MANIFEST_SUFFIX
+
+
+def _kind(mode):
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "other"
+
+
+def scan(root):
+    """``{relative path: os.stat_result}`` of every entry under ``root`` (symlinks not followed)."""
+    found = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except (IOError, OSError):
+            if not rel:
+                raise
+            continue  # gone or unreadable: its recorded entries show up as missing
+        with entries:
+            for entry in entries:
+                path = rel + "/" + entry.name if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                found[path] = st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(path)
+    return found
+
+
+def digest_file(path):
+    """hex sha256 of a file, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (IOError, OSError):
+        return None
+    try:
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    except (IOError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _digest_batch(paths):
+    return [digest_file(p) for p in paths]
+
+
+def digest_many(paths, workers=WORKERS):
+    """sha256 of each path, in order; forked workers for big trees (threads would serialize
+    on the GIL for the many small files of a venv)."""
+    if workers <= 1 or len(paths) < PARALLEL_MIN:
+        return _digest_batch(paths)
+    size = -(-len(paths) // (workers * 4))  # a few batches per worker evens out big files
+    batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    except (OSError, ValueError):
+        return _digest_batch(paths)
+    try:
+        return [d for batch in pool.map(_digest_batch, batches) for d in batch]
+    finally:
+        pool.close()
+        pool.join()
+
+
+def _row(st, content):
+    """[kind, mode, size, sha256 | link target | None, ino, mtime_ns, ctime_ns]"""
+    kind = _kind(st.st_mode)
+    return [kind, stat.S_IMODE(st.st_mode), st.st_size if kind == "file" else 0, content,
+            st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def build(root, workers=WORKERS, clock=time.time):
+    """The manifest of the tree at ``root``: every file hashed, every entry's metadata."""
+    stats = scan(root)
+    files = sorted(p for p, st in stats.items() if stat.S_ISREG(st.st_mode))
+    digests = dict(zip(files, digest_many([os.path.join(root, p) for p in files], workers)))
+    entries = {}
+    for rel, st in stats.items():
+        content = None
+        if stat.S_ISLNK(st.st_mode):
+            content = os.readlink(os.path.join(root, rel))
+        elif stat.S_ISREG(st.st_mode):
+            content = digests[rel]
+            if content is None:
+                raise ManifestError("cannot read %s while writing the manifest" % os.path.join(root, rel))
+        entries[rel] = _row(st, content)
+    return {"format": FORMAT, "root": root, "created": clock(), "entries": entries}
+
+
+def write(path, manifest):
+    """Atomically, root's 0644 (readable by the validator run as any user)."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
+    with open(tmp, "w") as handle:
+        json.dump(manifest, handle, separators=(",", ":"), sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, path)
+
+
+def load(path):
+    """The manifest at ``path``; ManifestError naming why it cannot be used."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (IOError, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOENT:
+            raise ManifestError("no manifest at %s" % path)
+        raise ManifestError("cannot read the manifest %s: %s" % (path, exc))
+    except ValueError as exc:
+        raise ManifestError("the manifest %s is not valid JSON: %s" % (path, exc))
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
+        raise ManifestError("the manifest %s is not a lockstep manifest of format %d" % (path, FORMAT))
+    return data
+
+
+def verify(root, manifest, rehash_all=False, workers=WORKERS):
+    """Compare the tree at ``root`` with ``manifest``.
+
+    Returns ``{"findings": [...], "files": n, "rehashed": n, "truncated": n}``; each finding
+    is ``{"path", "reason"}`` with reason new | missing | modified | type | mode | link.
+    """
+    recorded = manifest["entries"]
+    live = scan(root)
+    findings, jobs = [], []
+    for rel in sorted(set(recorded) - set(live)):
+        findings.append({"path": rel, "reason": "missing"})
+    files = 0
+    for rel in sorted(live):
+        st = live[rel]
+        row = recorded.get(rel)
+        if row is None:
+            findings.append({"path": rel, "reason": "new", "type": _kind(st.st_mode)})
+            continue
+        kind, mode, size, content, ino, mtime_ns, ctime_ns = row
+        actual_kind = _kind(st.st_mode)
+        if actual_kind != kind:
+            findings.append({"path": rel, "reason": "type", "expected": kind, "actual": actual_kind})
+            continue
+        if stat.S_IMODE(st.st_mode) != mode:
+            findings.append({"path": rel, "reason": "mode", "expected": "%04o" % mode,
+                             "actual": "%04o" % stat.S_IMODE(st.st_mode)})
+        if kind == "link":
+            target = os.readlink(os.path.join(root, rel))
+            if target != content:
+                findings.append({"path": rel, "reason": "link", "expected": content, "actual": target})
+        elif kind == "file":
+            files += 1
+            if st.st_size != size:
+                findings.append({"path": rel, "reason": "modified", "size": {"expected": size, "actual": st.st_size}})
+            elif rehash_all or (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != (ino, mtime_ns, ctime_ns):
+                jobs.append((rel, content))
+    digests = digest_many([os.path.join(root, rel) for rel, _sha in jobs], workers)
+    for (rel, expected), actual in zip(jobs, digests):
+        if actual != expected:
+            finding = {"path": rel, "reason": "modified" if actual else "unreadable"}
+            if actual:
+                finding.update(expected="sha256:" + expected, actual="sha256:" + actual)
+            findings.append(finding)
+    findings.sort(key=lambda f: f["path"])
+    return {"findings": findings[:MAX_FINDINGS], "truncated": max(0, len(findings) - MAX_FINDINGS),
+            "files": files, "rehashed": len(jobs)}
+
+
+def _b64(digest_hex):
+    return base64.urlsafe_b64encode(bytes.fromhex(digest_hex)).decode("ascii").rstrip("=")
+
+
+def record_rows(site_packages, root):
+    """Every RECORD row under ``site_packages`` as ``(dist dir, venv-relative path, algorithm,
+    b64 digest)`` (algorithm None for rows without a hash, path None for a dist-info without
+    a RECORD); RECORD is parsed as text: cheap and exact."""
+    rows = []
+    for site in [os.path.realpath(s) for s in site_packages]:
+        try:
+            names = sorted(os.listdir(site))
+        except (IOError, OSError):
+            continue
+        for name in names:
+            if not name.endswith(".dist-info"):
+                continue
+            try:
+                with open(os.path.join(site, name, "RECORD")) as handle:
+                    text = handle.read()
+            except (IOError, OSError):
+                rows.append((os.path.join(site, name), None, None, None))
+                continue
+            for row in csv.reader(text.splitlines()):
+                if not row or not row[0]:
+                    continue
+                algo, sep, value = (row[1] if len(row) > 1 else "").partition("=")
+                rel = os.path.relpath(os.path.normpath(os.path.join(site, row[0])), root)
+                rows.append((os.path.join(site, name), rel, algo if sep else None, value))
+    return rows
+
+
+def record_mismatches(manifest, site_packages):
+    """Build time: files whose content differs from what their wheel's RECORD claims (or that
+    RECORD lists and the venv lacks), from the manifest's hashes: ``[venv-relative path]``.
+    A dist-info without a RECORD is a mismatch too (nothing could be verified)."""
+    root, entries = manifest["root"], manifest["entries"]
+    bad = []
+    for dist_dir, rel, algo, value in record_rows(site_packages, root):
+        if rel is None:
+            bad.append(os.path.relpath(os.path.join(dist_dir, "RECORD"), root))
+            continue
+        if algo is None:
+            continue
+        row = entries.get(rel)
+        if row is None or row[0] != "file":
+            bad.append(rel)
+        elif algo == "sha256":
+            if _b64(row[3]) != value:
+                bad.append(rel)
+        elif algo in hashlib.algorithms_guaranteed:
+            digest = hashlib.new(algo)
+            with open(os.path.join(root, rel), "rb") as handle:
+                digest.update(handle.read())
+            if base64.urlsafe_b64encode(digest.digest()).decode("ascii").rstrip("=") != value:
+                bad.append(rel)
+        else:
+            bad.append(rel)  # an algorithm nobody can check is no claim at all
+    return sorted(set(bad))
+
+
+def dist_of(dist_dir):
+    """``.../tqdm-4.70.1.dist-info`` -> ("tqdm", "4.70.1") (names are escaped with ``_``)."""
+    name, _sep, version = os.path.basename(dist_dir)[:-len(".dist-info")].rpartition("-")
+    return name, version
+
+
+def owners(site_packages, root, paths):
+    """Which distribution's RECORD lists each of ``paths`` (venv-relative):
+    ``{path: (name, version, path relative to its site-packages, dist-info dir name)}``.
+    Run only on findings."""
+    wanted = set(paths)
+    out = {}
+    if not wanted:
+        return out
+    for dist_dir, rel, _algo, _value in record_rows(site_packages, root):
+        if rel in wanted and rel not in out:
+            name, version = dist_of(dist_dir)
+            out[rel] = (name, version, os.path.relpath(os.path.join(root, rel), os.path.dirname(dist_dir)),
+                        os.path.basename(dist_dir))
+    return out
