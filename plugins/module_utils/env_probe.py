@@ -97,15 +97,17 @@ def integrity_facts(venv_real, site_packages, params):
         facts["error"] = "%s: the venv cannot be verified (re-run site.yml to build a sealed one)" % exc
         return facts, dists
     facts.update(manifest.verify(venv_real, data, rehash_all=params["verify_all_files"]))
-    owned = manifest.owners(site_packages, venv_real, [f["path"] for f in facts["findings"]])
-    by_dir = dict((d["metadata_dir"], d) for d in dists)
+    manifest.attribute(facts["findings"], venv_real, site_packages)
+    by_name = dict((distributions.canonical_name(d["name"]), d) for d in dists)
     for dist in dists:
         dist["tampered"] = []
     for finding in facts["findings"]:
-        owner = owned.get(finding["path"])
-        if owner and owner[3] in by_dir:
-            finding["owner"] = distributions.canonical_name(owner[0])
-            by_dir[owner[3]]["tampered"].append(dict(finding, path=owner[2]))
+        dist = by_name.get(finding.get("owner"))
+        if dist is not None and finding.get("record_path"):
+            # An installed package's file: reported under its name, as RECORD writes its path.
+            finding["installed"] = True
+            entry = dict((k, v) for k, v in finding.items() if k not in ("owner", "record_path", "installed"))
+            dist["tampered"].append(dict(entry, path=finding["record_path"]))
     return facts, dists
 
 

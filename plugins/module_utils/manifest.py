@@ -24,12 +24,14 @@ import base64
 import csv
 import errno
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
 import stat
 import time
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name, guess_site_packages
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import MANIFEST_SUFFIX
 
 FORMAT = 1
@@ -122,18 +124,36 @@ def digest_many(paths, workers=WORKERS):
         pool.join()
 
 
-def _row(st, content):
-    """[kind, mode, size, sha256 | link target | None, ino, mtime_ns, ctime_ns]"""
+def _row(st, content, owner):
+    """[kind, mode, size, sha256 | link target | None, ino, mtime_ns, ctime_ns, owner]"""
     kind = _kind(st.st_mode)
     return [kind, stat.S_IMODE(st.st_mode), st.st_size if kind == "file" else 0, content,
-            st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+            st.st_ino, st.st_mtime_ns, st.st_ctime_ns, owner]
 
 
-def build(root, workers=WORKERS, clock=time.time):
-    """The manifest of the tree at ``root``: every file hashed, every entry's metadata."""
+def is_bytecode(rel):
+    """A ``__pycache__`` directory or a file in one: a cache Python can always do without."""
+    parts = rel.split("/")
+    return parts[-1] == "__pycache__" or (len(parts) > 1 and parts[-2] == "__pycache__")
+
+
+def _owner_map(root, site_packages):
+    """venv-relative path -> canonical name of the distribution whose RECORD lists it; a
+    module's bytecode belongs to the distribution of its source."""
+    owned = {}
+    for dist_dir, rel, _algo, _value in record_rows(site_packages, root):
+        if rel is not None:
+            owned.setdefault(rel, canonical_name(dist_of(dist_dir)[0]))
+    return owned
+
+
+def build(root, site_packages=None, workers=WORKERS, clock=time.time):
+    """The manifest of the tree at ``root``: every file hashed, every entry's metadata and
+    the distribution it belongs to (from RECORD, as the wheels claim it at build time)."""
     stats = scan(root)
     files = sorted(p for p, st in stats.items() if stat.S_ISREG(st.st_mode))
     digests = dict(zip(files, digest_many([os.path.join(root, p) for p in files], workers)))
+    owned = _owner_map(root, guess_site_packages(root) if site_packages is None else site_packages)
     entries = {}
     for rel, st in stats.items():
         content = None
@@ -143,7 +163,13 @@ def build(root, workers=WORKERS, clock=time.time):
             content = digests[rel]
             if content is None:
                 raise ManifestError("cannot read %s while writing the manifest" % os.path.join(root, rel))
-        entries[rel] = _row(st, content)
+        owner = owned.get(rel)
+        if owner is None and rel.endswith(".pyc") and is_bytecode(rel):
+            try:
+                owner = owned.get(os.path.relpath(importlib.util.source_from_cache(os.path.join(root, rel)), root))
+            except ValueError:
+                owner = None
+        entries[rel] = _row(st, content, owner)
     return {"format": FORMAT, "root": root, "created": clock(), "entries": entries}
 
 
@@ -178,14 +204,20 @@ def load(path):
 def verify(root, manifest, rehash_all=False, workers=WORKERS):
     """Compare the tree at ``root`` with ``manifest``.
 
-    Returns ``{"findings": [...], "files": n, "rehashed": n, "truncated": n}``; each finding
-    is ``{"path", "reason"}`` with reason new | missing | modified | type | mode | link.
+    Returns ``{"findings": [...], "files": n, "rehashed": n, "truncated": n, "bytecode_missing": n}``;
+    each finding is ``{"path", "reason"}`` (new | missing | modified | type | mode | link),
+    with ``owner`` when the manifest knows the file's distribution. Missing bytecode is counted,
+    not reported: without it Python compiles the verified source, so nothing else runs.
     """
     recorded = manifest["entries"]
     live = scan(root)
     findings, jobs = [], []
+    bytecode_missing = 0
     for rel in sorted(set(recorded) - set(live)):
-        findings.append({"path": rel, "reason": "missing"})
+        if is_bytecode(rel):
+            bytecode_missing += 1
+        else:
+            findings.append(_finding(rel, "missing", recorded[rel]))
     files = 0
     for rel in sorted(live):
         st = live[rel]
@@ -193,34 +225,39 @@ def verify(root, manifest, rehash_all=False, workers=WORKERS):
         if row is None:
             findings.append({"path": rel, "reason": "new", "type": _kind(st.st_mode)})
             continue
-        kind, mode, size, content, ino, mtime_ns, ctime_ns = row
+        kind, mode, size, content, ino, mtime_ns, ctime_ns = row[:7]
         actual_kind = _kind(st.st_mode)
         if actual_kind != kind:
-            findings.append({"path": rel, "reason": "type", "expected": kind, "actual": actual_kind})
+            findings.append(_finding(rel, "type", row, expected=kind, actual=actual_kind))
             continue
         if stat.S_IMODE(st.st_mode) != mode:
-            findings.append({"path": rel, "reason": "mode", "expected": "%04o" % mode,
-                             "actual": "%04o" % stat.S_IMODE(st.st_mode)})
+            findings.append(_finding(rel, "mode", row, expected="%04o" % mode, actual="%04o" % stat.S_IMODE(st.st_mode)))
         if kind == "link":
             target = os.readlink(os.path.join(root, rel))
             if target != content:
-                findings.append({"path": rel, "reason": "link", "expected": content, "actual": target})
+                findings.append(_finding(rel, "link", row, expected=content, actual=target))
         elif kind == "file":
             files += 1
             if st.st_size != size:
-                findings.append({"path": rel, "reason": "modified", "size": {"expected": size, "actual": st.st_size}})
+                findings.append(_finding(rel, "modified", row, size={"expected": size, "actual": st.st_size}))
             elif rehash_all or (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != (ino, mtime_ns, ctime_ns):
-                jobs.append((rel, content))
-    digests = digest_many([os.path.join(root, rel) for rel, _sha in jobs], workers)
-    for (rel, expected), actual in zip(jobs, digests):
-        if actual != expected:
-            finding = {"path": rel, "reason": "modified" if actual else "unreadable"}
-            if actual:
-                finding.update(expected="sha256:" + expected, actual="sha256:" + actual)
-            findings.append(finding)
+                jobs.append((rel, row))
+    digests = digest_many([os.path.join(root, rel) for rel, _row in jobs], workers)
+    for (rel, row), actual in zip(jobs, digests):
+        if actual is None:
+            findings.append(_finding(rel, "unreadable", row))
+        elif actual != row[3]:
+            findings.append(_finding(rel, "modified", row, expected="sha256:" + row[3], actual="sha256:" + actual))
     findings.sort(key=lambda f: f["path"])
     return {"findings": findings[:MAX_FINDINGS], "truncated": max(0, len(findings) - MAX_FINDINGS),
-            "files": files, "rehashed": len(jobs)}
+            "files": files, "rehashed": len(jobs), "bytecode_missing": bytecode_missing}
+
+
+def _finding(rel, reason, row, **details):
+    finding = dict(details, path=rel, reason=reason)
+    if len(row) > 7 and row[7]:
+        finding["owner"] = row[7]
+    return finding
 
 
 def _b64(digest_hex):
@@ -290,17 +327,28 @@ def dist_of(dist_dir):
     return name, version
 
 
-def owners(site_packages, root, paths):
-    """Which distribution's RECORD lists each of ``paths`` (venv-relative):
-    ``{path: (name, version, path relative to its site-packages, dist-info dir name)}``.
-    Run only on findings."""
-    wanted = set(paths)
-    out = {}
-    if not wanted:
-        return out
-    for dist_dir, rel, _algo, _value in record_rows(site_packages, root):
-        if rel in wanted and rel not in out:
-            name, version = dist_of(dist_dir)
-            out[rel] = (name, version, os.path.relpath(os.path.join(root, rel), os.path.dirname(dist_dir)),
-                        os.path.basename(dist_dir))
-    return out
+def attribute(findings, root, site_packages):
+    """Give each finding its ``owner`` (canonical distribution name: the manifest's, else the
+    RECORD that lists it now, else for bytecode the owner of its source) and, under a
+    site-packages dir, ``record_path`` (the path as RECORD writes it). Reads RECORDs only
+    when a finding needs it."""
+    sites = [os.path.realpath(site) for site in site_packages]
+    unknown = [f for f in findings if not f.get("owner")]
+    owned = _owner_map(root, sites) if unknown else {}
+    for finding in unknown:
+        rel = finding["path"]
+        owner = owned.get(rel)
+        if owner is None and rel.endswith(".pyc") and is_bytecode(rel):
+            try:
+                owner = owned.get(os.path.relpath(importlib.util.source_from_cache(os.path.join(root, rel)), root))
+            except ValueError:
+                owner = None
+        if owner:
+            finding["owner"] = owner
+    for finding in findings:
+        full = os.path.join(root, finding["path"])
+        for site in sites:
+            if full.startswith(site + os.sep):
+                finding["record_path"] = os.path.relpath(full, site)
+                break
+    return findings

@@ -311,12 +311,17 @@ class VenvStore(object):
 
     def _next_previous(self, plan):
         """The rollback target after the flip: the venv that was live, unless someone changed
-        it (drift) — then the rollback target stays the one before, if it is still as sealed."""
+        it (drift, or findings against its manifest when another lock replaces it) — then the
+        rollback target stays the one before, if that is still as sealed. Never a wrong one."""
         current, target = plan["current"], os.path.realpath(plan["target"])
         kept = os.path.realpath(self.previous_link) if os.path.islink(self.previous_link) else None
-        if current and os.path.realpath(current) != target and not plan["drift"]:
+
+        def trusted(venv):
+            return store_fs.is_venv(venv) and not (self.verify_files and sealed_findings(venv))
+
+        if current and os.path.realpath(current) != target and not plan["drift"] and trusted(current):
             return current
-        if kept and kept != target and kept != current and store_fs.is_venv(kept) and not sealed_findings(kept):
+        if kept and kept not in (target, current) and store_fs.is_venv(kept) and not sealed_findings(kept):
             return kept
         return None
 

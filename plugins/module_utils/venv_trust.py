@@ -80,12 +80,20 @@ def group_findings(venv, findings):
     """Manifest findings as uv-style ``tampered`` changes, one per owning distribution:
     ``{name, version, action, files, findings}``; files of no package under UNOWNED."""
     venv = os.path.realpath(venv)
-    owned = manifest.owners(distributions.guess_site_packages(venv), venv, [f["path"] for f in findings])
+    sites = distributions.guess_site_packages(venv)
+    manifest.attribute(findings, venv, sites)
+    versions = {}
+    for site in sites:
+        for path in glob.glob(os.path.join(site, "*.dist-info")):
+            name, version = manifest.dist_of(path)
+            versions[distributions.canonical_name(name)] = version
     groups = {}
     for finding in findings:
-        owner = owned.get(finding["path"])
-        key = (distributions.canonical_name(owner[0]), owner[1]) if owner else (UNOWNED, "")
-        entry = dict(finding, path=owner[2]) if owner else dict(finding)
+        owner = finding.get("owner")
+        key = (owner, versions.get(owner, "")) if owner else (UNOWNED, "")
+        entry = dict((k, v) for k, v in finding.items() if k not in ("owner", "record_path"))
+        if owner and finding.get("record_path"):
+            entry["path"] = finding["record_path"]
         groups.setdefault(key, []).append(entry)
     return [{"name": name, "version": version, "action": "tampered", "files": [f["path"] for f in items],
              "findings": items} for (name, version), items in sorted(groups.items())]

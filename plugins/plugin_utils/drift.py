@@ -109,21 +109,28 @@ def check_uv(uv, wanted):
     return []
 
 
-def integrity_findings(facts):
-    """Findings of the file check that belong to no package (a new ``.pth``, a ``__pycache__``
-    entry, a ``bin/`` script...), and why the check itself could not run."""
+def integrity_findings(facts, changed=()):
+    """File findings that belong to no installed package (a new ``.pth``, a ``bin/`` script, a
+    removed package's files...), why the file check itself could not run, and how many files
+    belong to packages in ``changed`` (missing/extra/mismatched: reported there, not twice)."""
     integrity = facts.get("integrity") or {}
-    files = [dict((k, f[k]) for k in ("path", "reason", "type", "expected", "actual", "size") if k in f)
-             for f in integrity.get("findings") or [] if not f.get("owner")]
+    files, explained = [], 0
+    for finding in integrity.get("findings") or []:
+        if finding.get("owner") in changed:
+            explained += 1
+        elif not finding.get("installed"):
+            files.append(dict((k, finding[k]) for k in ("path", "reason", "type", "expected", "actual", "size")
+                              if k in finding))
     errors = [integrity["error"]] if integrity.get("error") else []
     if integrity.get("truncated"):
         errors.append("%d more findings not listed" % integrity["truncated"])
-    return files, errors
+    return files, errors, explained
 
 
 def fingerprint(facts):
-    """sha256 over what makes two hosts interchangeable: Python, the installed packages (and
-    any tampered file), the MPI stack. Paths and host names stay out of it."""
+    """sha256 over what makes two hosts interchangeable: Python, the installed packages, any
+    file that differs from the venv's manifest, uv, the MPI stack (and whether its launch
+    worked). Paths and host names stay out of it."""
     env = (facts.get("python") or {}).get("marker_environment") or {}
     mpi = facts.get("mpi") or {}
     library, launcher = mpi.get("library") or {}, mpi.get("launcher") or {}
@@ -137,6 +144,8 @@ def fingerprint(facts):
         ),
         "files": sorted("%s:%s" % (f["path"], f.get("actual", f["reason"])) for f in integrity_findings(facts)[0]),
         "integrity_errors": len(integrity_findings(facts)[1]),
+        # The toolchain site.yml runs with: a host whose uv is another or broken is not interchangeable.
+        "uv": [(facts.get("uv") or {}).get("version"), bool((facts.get("uv") or {}).get("error"))],
         "mpi": [
             mpi.get("mpi4py_version"), library.get("flavor"), library.get("version"), library.get("variant"),
             library.get("libmpi_realpath"), launcher.get("flavor"), launcher.get("version"),
@@ -156,18 +165,21 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True):
     python = facts.get("python") or {}
     expected = expected_packages(lock, python.get("marker_environment"))
     missing, extra, mismatched = compare_packages(expected, facts.get("distributions") or [], ignore)
-    files, integrity_errors = integrity_findings(facts)
+    changed = set(p["name"] for p in missing + extra + mismatched)
+    files, integrity_errors, explained = integrity_findings(facts, changed)
     drift = {
         "missing": missing,
         "extra": extra,
         "mismatched": mismatched,
-        "tampered": tampered_files(facts["distributions"]),
+        "tampered": [t for t in tampered_files(facts["distributions"]) if t["name"] not in changed],
         "files": files,
         "gpu": gpu_packages(facts["distributions"]),
         "python": check_python(python, lock),
         "uv": check_uv(facts.get("uv") or {}, uv_version),
     }
-    checks = check_outcomes(facts, drift, integrity_errors, uv_checked=bool(uv_version),
+    # The integrity check fails for those too (JUnit), the problems name them once, as packages.
+    also = ["%d file(s) of the packages reported above differ from the manifest" % explained] if explained else []
+    checks = check_outcomes(facts, drift, integrity_errors + also, uv_checked=bool(uv_version),
                             mpi_expected="mpi4py" in expected, smoke_test=smoke_test)
     problems = []
     if not facts["venv"]["exists"]:

@@ -317,3 +317,15 @@ def test_rollback_checks_the_previous_venv_mpi_against_the_host_now(house, tmp_p
         assert "mpi: launcher %s/mpiexec is mpich but mpi4py loaded openmpi" % bindir in err.value.message
     else:
         assert "no MPI launcher (mpiexec/mpirun) on the host's PATH to run it with" in err.value.message
+
+
+def test_a_new_lock_does_not_make_a_tampered_live_venv_the_rollback_target(house):
+    clean = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(clean)
+    second = make_store(house, lock_of(house, ("alpha", "2.0")))
+    sync(second)
+    _tamper(second.target)  # live, tampered, then replaced by a third lock
+    third = make_store(house, lock_of(house, ("beta", "1.0")))
+    applied = sync(third)
+    assert applied["previous_kept"] == clean.target
+    assert os.path.realpath(third.path + ".previous") == clean.target

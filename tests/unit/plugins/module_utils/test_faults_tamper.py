@@ -131,7 +131,8 @@ def test_hand_made_pyc_whose_header_matches_its_source(live):
     out = subprocess.check_output([os.path.join(live["real"], "bin", "python"), "-c", "import beta; print(beta.__version__)"])
     assert out.strip() == b"forged"  # Python trusts the header
     plan, report = plan_and_report(live)
-    assert_caught(live, plan, report, live["rel"] + "beta/__pycache__/__init__.%s.pyc" % TAG, "modified")
+    # Bytecode belongs to the package of its source.
+    assert_caught(live, plan, report, live["rel"] + "beta/__pycache__/__init__.%s.pyc" % TAG, "modified", owner="beta")
     assert_replaced(live)
 
 
@@ -141,7 +142,8 @@ def test_new_optimized_pyc_nobody_compiled(live):
     with open(pyc, "wb") as handle:
         handle.write(_forged_pyc(source, "__version__ = 'forged'\n"))
     plan, report = plan_and_report(live)
-    assert_caught(live, plan, report, live["rel"] + "alpha/__pycache__/__init__.%s.opt-1.pyc" % TAG, "new")
+    assert_caught(live, plan, report, live["rel"] + "alpha/__pycache__/__init__.%s.opt-1.pyc" % TAG, "new",
+                  owner="alpha")
 
 
 @pytest.mark.parametrize("cover", ["touch-record", "mtime-set-back"])

@@ -32,7 +32,8 @@ def findings(tree, **kwargs):
 def test_records_every_entry_with_its_content_and_metadata(tree):
     entries = tree["data"]["entries"]
     assert entries["bin/python"][:4] == ["link", entries["bin/python"][1], 0, "/usr/bin/python3"]
-    kind, mode, size, digest, ino, mtime_ns, ctime_ns = entries["lib/python3.11/site-packages/alpha/__init__.py"]
+    kind, mode, size, digest, ino, mtime_ns, ctime_ns, owner = entries["lib/python3.11/site-packages/alpha/__init__.py"]
+    assert owner == "alpha"
     st = os.lstat(os.path.join(tree["root"], "lib/python3.11/site-packages/alpha/__init__.py"))
     assert (kind, mode, size, ino, mtime_ns, ctime_ns) == ("file", st.st_mode & 0o7777, 6, st.st_ino,
                                                             st.st_mtime_ns, st.st_ctime_ns)
@@ -139,8 +140,40 @@ def test_record_is_checked_against_the_manifest_hashes(tree):
         "lib/python3.11/site-packages/alpha-1.0.dist-info/RECORD"]
 
 
-def test_owners_name_the_distribution_and_its_record_path(tree):
-    owned = manifest.owners([str(tree["site"])], tree["root"],
-                            ["lib/python3.11/site-packages/alpha/util.py", "lib/python3.11/site-packages/zz.pth"])
-    assert owned == {"lib/python3.11/site-packages/alpha/util.py": ("alpha", "1.0", "alpha/util.py",
-                                                                    "alpha-1.0.dist-info")}
+def test_owners_come_from_record_at_build_and_bytecode_belongs_to_its_source(tmp_path):
+    root = tmp_path / "venv"
+    site = root / "lib" / "python3.11" / "site-packages"
+    make_dist(site, "Al_Pha", "1.0", {"al_pha/__init__.py": b"x = 1\n"})
+    cache = site / "al_pha" / "__pycache__"
+    cache.mkdir()
+    (cache / "__init__.cpython-311.pyc").write_bytes(b"compiled")
+    (site / "loose.py").write_text("")
+    entries = manifest.build(str(root))["entries"]
+    sp = "lib/python3.11/site-packages/"
+    assert entries[sp + "al_pha/__init__.py"][7] == "al-pha"
+    assert entries[sp + "al_pha/__pycache__/__init__.cpython-311.pyc"][7] == "al-pha"
+    assert entries[sp + "loose.py"][7] is None
+
+
+def test_missing_bytecode_is_counted_not_reported(tmp_path):
+    root = tmp_path / "venv"
+    site = root / "lib" / "python3.11" / "site-packages"
+    make_dist(site, "alpha", "1.0", {"alpha/__init__.py": b"x = 1\n"})
+    (site / "alpha" / "__pycache__").mkdir()
+    (site / "alpha" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"compiled")
+    data = manifest.build(str(root))
+    import shutil
+    shutil.rmtree(str(site / "alpha" / "__pycache__"))
+    result = manifest.verify(str(root), data)
+    assert result["findings"] == [] and result["bytecode_missing"] == 2
+
+
+def test_attribute_names_the_owner_and_the_record_path(tree):
+    sp = "lib/python3.11/site-packages/"
+    findings = [{"path": sp + "alpha/util.py", "reason": "new"}, {"path": sp + "zz.pth", "reason": "new"},
+                {"path": "bin/tool", "reason": "modified", "owner": "tool-dist"}]
+    manifest.attribute(findings, tree["root"], [str(tree["site"])])
+    assert findings == [
+        {"path": sp + "alpha/util.py", "reason": "new", "owner": "alpha", "record_path": "alpha/util.py"},
+        {"path": sp + "zz.pth", "reason": "new", "record_path": "zz.pth"},
+        {"path": "bin/tool", "reason": "modified", "owner": "tool-dist"}]

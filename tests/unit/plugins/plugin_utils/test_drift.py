@@ -209,7 +209,7 @@ def test_files_outside_any_package_are_named_and_change_the_fingerprint():
     tampered = copy.deepcopy(base)
     tampered["integrity"]["findings"] = [
         {"path": "lib/python3.11/site-packages/zz.pth", "reason": "new", "type": "file"},
-        {"path": "lib/python3.11/site-packages/six.py", "reason": "modified", "owner": "six"}]
+        {"path": "lib/python3.11/site-packages/six.py", "reason": "modified", "owner": "six", "installed": True}]
     report = drift.evaluate(parse_lock(LOCK, "lock.txt"), tampered)
     assert report["status"] == "drift"
     assert report["drift"]["files"] == [{"path": "lib/python3.11/site-packages/zz.pth", "reason": "new",
@@ -250,6 +250,8 @@ def test_fingerprint_tracks_packages_python_mpi_not_paths():
         host_facts(copy.deepcopy(CLEAN), env=dict(ENV_311, python_full_version="3.11.9"), mpi=mpi),
         host_facts([dist("numpy", "1.26.4", [{"path": "x", "reason": "missing"}])] + copy.deepcopy(CLEAN)[1:],
                    mpi=mpi),
+        host_facts(copy.deepcopy(CLEAN), mpi=mpi, uv_version="0.1.0"),
+        host_facts(copy.deepcopy(CLEAN), mpi=dict(mpi, smoke={"passed": True})),
     ]
     assert len({drift.fingerprint(f) for f in changed} | {base}) == len(changed) + 1
 
@@ -298,3 +300,22 @@ def test_property_each_single_drift_is_reported_alone(pins, data):
     report = drift.evaluate(lock, host_facts(dists))
     named = {k: [f["name"] for f in report["drift"][k]] for k in ("missing", "mismatched", "extra")}
     assert named == {k: ([target] if k == kind else []) for k in named}
+
+
+def test_files_of_a_package_that_changed_are_reported_once_as_that_package():
+    # An installed extra package adds files, a removed one loses them: the package check names
+    # it; its files do not repeat in the problems, and the integrity check still fails.
+    facts = host_facts([dist("numpy", "1.26.4"), dist("torch", "2.5.1+cpu"), dist("requests", "2.32.3")])
+    facts["integrity"] = {"method": "manifest", "manifest": "/s/v.manifest.json", "findings": [
+        {"path": "lib/python3.11/site-packages/requests/api.py", "reason": "new", "owner": "requests",
+         "installed": True},
+        {"path": "lib/python3.11/site-packages/six.py", "reason": "missing", "owner": "six"},
+        {"path": "lib/python3.11/site-packages/zz.pth", "reason": "new", "type": "file"}]}
+    facts["distributions"][2]["tampered"] = [{"path": "requests/api.py", "reason": "new"}]
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["problems"] == ["missing six==1.17.0", "extra requests==2.32.3",
+                                  "file lib/python3.11/site-packages/zz.pth: new file, not in the venv's manifest"]
+    assert report["drift"]["tampered"] == []
+    assert report["checks"]["integrity"] == {
+        "outcome": "fail", "message": "lib/python3.11/site-packages/zz.pth (new); 2 file(s) of the packages reported "
+                                      "above differ from the manifest"}
