@@ -138,12 +138,23 @@ def is_bytecode(rel):
 
 
 def _owner_map(root, site_packages):
-    """venv-relative path -> canonical name of the distribution whose RECORD lists it; a
-    module's bytecode belongs to the distribution of its source."""
-    owned = {}
+    """venv-relative path -> canonical name of the distribution whose RECORD lists it. A
+    directory inside site-packages belongs to the one distribution that owns files under it
+    (a package dir, a dist-info dir), to none when several do."""
+    owned, dirs = {}, {}
+    sites = [os.path.relpath(os.path.realpath(site), root) for site in site_packages]
     for dist_dir, rel, _algo, _value in record_rows(site_packages, root):
-        if rel is not None:
-            owned.setdefault(rel, canonical_name(dist_of(dist_dir)[0]))
+        if rel is None or rel in owned:
+            continue
+        owner = owned[rel] = canonical_name(dist_of(dist_dir)[0])
+        site = next((s for s in sites if rel.startswith(s + "/")), None)
+        parent = os.path.dirname(rel)
+        while site and parent != site:
+            dirs[parent] = owner if dirs.get(parent, owner) == owner else None
+            parent = os.path.dirname(parent)
+    for directory, owner in dirs.items():
+        if owner:
+            owned.setdefault(directory, owner)
     return owned
 
 
@@ -205,43 +216,52 @@ def verify(root, manifest, rehash_all=False, workers=WORKERS):
     """Compare the tree at ``root`` with ``manifest``.
 
     Returns ``{"findings": [...], "files": n, "rehashed": n, "truncated": n, "bytecode_missing": n}``;
-    each finding is ``{"path", "reason"}`` (new | missing | modified | type | mode | link),
-    with ``owner`` when the manifest knows the file's distribution. Missing bytecode is counted,
-    not reported: without it Python compiles the verified source, so nothing else runs.
+    each finding is ``{"path", "reason"}`` (new | missing | modified | type | mode | link |
+    unreadable), with ``owner`` when the manifest knows the file's distribution. Missing
+    bytecode is counted, not reported: without it Python compiles the verified source.
+
+    One walk, one lstat per entry. An entry whose inode, ctime, mtime and size are as recorded
+    is unchanged: a write, chmod, rename over it or retargeted link all move ctime or give a
+    new inode. Anything else is compared in full (files re-hashed, in forked workers).
     """
     recorded = manifest["entries"]
-    live = scan(root)
-    findings, jobs = [], []
-    bytecode_missing = 0
-    for rel in sorted(set(recorded) - set(live)):
-        if is_bytecode(rel):
-            bytecode_missing += 1
-        else:
-            findings.append(_finding(rel, "missing", recorded[rel]))
+    findings, jobs, seen = [], [], set()
     files = 0
-    for rel in sorted(live):
-        st = live[rel]
-        row = recorded.get(rel)
-        if row is None:
-            findings.append({"path": rel, "reason": "new", "type": _kind(st.st_mode)})
-            continue
-        kind, mode, size, content, ino, mtime_ns, ctime_ns = row[:7]
-        actual_kind = _kind(st.st_mode)
-        if actual_kind != kind:
-            findings.append(_finding(rel, "type", row, expected=kind, actual=actual_kind))
-            continue
-        if stat.S_IMODE(st.st_mode) != mode:
-            findings.append(_finding(rel, "mode", row, expected="%04o" % mode, actual="%04o" % stat.S_IMODE(st.st_mode)))
-        if kind == "link":
-            target = os.readlink(os.path.join(root, rel))
-            if target != content:
-                findings.append(_finding(rel, "link", row, expected=content, actual=target))
-        elif kind == "file":
-            files += 1
-            if st.st_size != size:
-                findings.append(_finding(rel, "modified", row, size={"expected": size, "actual": st.st_size}))
-            elif rehash_all or (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != (ino, mtime_ns, ctime_ns):
-                jobs.append((rel, row))
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except (IOError, OSError):
+            if not rel:
+                raise
+            continue  # gone or unreadable: its recorded entries show up as missing
+        with entries:
+            for entry in entries:
+                path = rel + "/" + entry.name if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(path)
+                row = recorded.get(path)
+                if row is None:
+                    findings.append({"path": path, "reason": "new", "type": _kind(st.st_mode)})
+                    continue
+                seen.add(path)
+                is_file = row[0] == "file"
+                files += is_file
+                if st.st_ino == row[4] and st.st_ctime_ns == row[6] and st.st_mtime_ns == row[5] \
+                        and (not is_file or st.st_size == row[2]):
+                    if rehash_all and is_file:
+                        jobs.append((path, row))
+                    continue
+                _compare(root, path, st, row, findings, jobs)
+    bytecode_missing = 0
+    if len(seen) != len(recorded):
+        for rel in sorted(set(recorded) - seen):
+            if is_bytecode(rel):
+                bytecode_missing += 1
+            else:
+                findings.append(_finding(rel, "missing", recorded[rel]))
     digests = digest_many([os.path.join(root, rel) for rel, _row in jobs], workers)
     for (rel, row), actual in zip(jobs, digests):
         if actual is None:
@@ -251,6 +271,27 @@ def verify(root, manifest, rehash_all=False, workers=WORKERS):
     findings.sort(key=lambda f: f["path"])
     return {"findings": findings[:MAX_FINDINGS], "truncated": max(0, len(findings) - MAX_FINDINGS),
             "files": files, "rehashed": len(jobs), "bytecode_missing": bytecode_missing}
+
+
+def _compare(root, rel, st, row, findings, jobs):
+    """The slow path for an entry whose inode or times moved: type, mode, link target, size;
+    a file of the same size is queued for re-hashing."""
+    kind, mode, size, content = row[:4]
+    actual_kind = _kind(st.st_mode)
+    if actual_kind != kind:
+        findings.append(_finding(rel, "type", row, expected=kind, actual=actual_kind))
+        return
+    if stat.S_IMODE(st.st_mode) != mode:
+        findings.append(_finding(rel, "mode", row, expected="%04o" % mode, actual="%04o" % stat.S_IMODE(st.st_mode)))
+    if kind == "link":
+        target = os.readlink(os.path.join(root, rel))
+        if target != content:
+            findings.append(_finding(rel, "link", row, expected=content, actual=target))
+    elif kind == "file":
+        if st.st_size != size:
+            findings.append(_finding(rel, "modified", row, size={"expected": size, "actual": st.st_size}))
+        else:
+            jobs.append((rel, row))
 
 
 def _finding(rel, reason, row, **details):

@@ -205,7 +205,19 @@ def remove_venv(venv):
 def mark_building(venv, path):
     """Before a build: ``<venv>.building`` names the venv_path it is for, so a build that is
     killed is recognised and removed by the next run, whatever lock that run syncs."""
-    write_atomic(venv + BUILDING_SUFFIX, json.dumps({"path": path, "pid": os.getpid()}) + "\n")
+    write_atomic(venv + BUILDING_SUFFIX, json.dumps({"path": path, "pid": os.getpid(), "host": socket.gethostname()})
+                 + "\n")
+
+
+def build_in_progress(venv):
+    """The build of ``venv`` is still running (its builder lives): never prune it, even if
+    the store lock did not keep us apart."""
+    try:
+        with open(venv + BUILDING_SUFFIX) as handle:
+            marker = json.load(handle)
+        return marker.get("host") == socket.gethostname() and _pid_alive(int(marker["pid"]))
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def live_targets(links):
@@ -219,7 +231,7 @@ def prune(store, path, stem, protect, keep):
 
     Only what this code created is touched: a venv whose lockstep.json names ``path``, an
     unfinished build (``<venv>.building`` beside it: no build runs while we hold the lock, so
-    it was killed, whatever lock it was for), an incomplete ``<stem>-<12 hex>[-N]`` of an
+    it was killed, whatever lock it was for; one whose builder still runs is left alone), an incomplete ``<stem>-<12 hex>[-N]`` of an
     older layout, and manifests or markers whose venv is gone.
     """
     protect = set(os.path.realpath(p) for p in protect if p)
@@ -233,6 +245,8 @@ def prune(store, path, stem, protect, keep):
         meta = read_meta(full)
         building = os.path.exists(full + BUILDING_SUFFIX)
         if building:
+            if build_in_progress(full):
+                continue
             meta = None
         elif meta is not None:
             if meta.get("path") != path:

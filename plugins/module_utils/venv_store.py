@@ -66,6 +66,7 @@ NO_BYTECODE_PTH = "00-lockstep-no-bytecode.pth"
 NO_BYTECODE = ("# lockstep.cluster: the venv is sealed by its manifest; its bytecode was compiled when it was "
                "built.\nimport sys; sys.dont_write_bytecode = True\n")
 
+
 def lock_stem(lockfile_name):
     """``lockfiles/smoke-cpu.txt`` -> ``smoke-cpu`` (safe for a directory name)."""
     base = os.path.basename(lockfile_name or "lock")
@@ -241,6 +242,8 @@ class VenvStore(object):
             plan["action"] = "flip"  # e.g. back to a venv kept for rollback, as it was sealed
             return plan
         plan["action"] = "build"
+        if os.path.realpath(self.target) in store_fs.live_targets([self.path, self.previous_link]):
+            plan["target"] = self._fresh_target(current)  # the rollback target, changed: keep it as found
         return plan
 
     def _fresh_target(self, current):
@@ -301,7 +304,13 @@ class VenvStore(object):
             plan["sync_changes"] = self.build(plan["target"], lockfile)
             plan["built"] = True
         holder.doing("flip %s to %s" % (self.path, plan["target"]))
-        previous = self._next_previous(plan)
+        # What is live now, not what the plan saw: if anything flipped it meanwhile (a store
+        # lock that does not hold, e.g. on a file system without flock), that venv is the one
+        # being replaced, and it must neither be lost nor mistaken.
+        live = store_fs.live_targets([self.path])
+        replaced = dict(plan, current=live[0] if live else None,
+                        drift=plan["drift"] and live == [plan["current"]])
+        previous = self._next_previous(replaced)
         self.flip(plan["target"], previous)
         plan["previous_kept"] = previous
         holder.doing("prune %s" % self.store)
@@ -335,9 +344,10 @@ class VenvStore(object):
                             % (", ".join(names), result.err.strip()), "cache", result.err)
 
     def build(self, target, lockfile):
-        if os.path.lexists(self.path) and os.path.realpath(target) == os.path.realpath(self.path):
-            # plan() never targets the live venv; refuse rather than mutate it.
-            raise SyncError("internal error: refusing to rebuild the active venv %s" % target, "internal")
+        if os.path.realpath(target) in store_fs.live_targets([self.path, self.previous_link]):
+            # plan() never targets a live venv or the rollback target; refuse rather than mutate it.
+            raise SyncError("internal error: refusing to rebuild %s, which %s or %s points to"
+                            % (target, self.path, self.previous_link), "internal")
         if store_fs.sha256_file(lockfile) != self.lockfile_sha256:
             raise SyncError("the lockfile copied to the host (%s) does not have the controller's sha256 %s"
                             % (lockfile, self.lockfile_sha256), "input")
@@ -455,4 +465,3 @@ class VenvStore(object):
             # Nothing trustworthy to roll back to: no link is better than a wrong one.
             os.unlink(self.previous_link)
         store_fs.flip_link(self.path, target)
-

@@ -16,6 +16,7 @@ from helpers import FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, OMPI_LAUNCHER, make_dis
 PY = "python%d.%d" % sys.version_info[:2]
 LOCK = parse_lock("mpi4py==4.1.2\nsix==1.17.0\n", "lock.txt")
 
+
 def executable(path, text):
     path.write_text(text)
     path.chmod(0o755)

@@ -329,3 +329,57 @@ def test_a_new_lock_does_not_make_a_tampered_live_venv_the_rollback_target(house
     applied = sync(third)
     assert applied["previous_kept"] == clean.target
     assert os.path.realpath(third.path + ".previous") == clean.target
+
+
+def test_store_dir_created_by_another_run_at_the_same_moment(house, monkeypatch):
+    # Two first runs on a fresh host: both see no store, the other one creates it first.
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    real_makedirs = os.makedirs
+
+    def raced(path, mode=0o777, exist_ok=False):
+        real_makedirs(path, mode)
+        raise FileExistsError(17, "File exists", path)
+
+    monkeypatch.setattr(os, "makedirs", raced)
+    sync(store)
+    assert installed(store.path) == {"alpha": "1.0"}
+
+
+class _NoLock(object):
+    """A store lock that does not hold (a file system without working flock)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def doing(self, what):
+        pass
+
+
+def test_without_a_working_lock_a_live_venv_is_still_never_deleted_nor_lost(house, tmp_path, monkeypatch):
+    # Issue 10.4's symptom: the later run deleted the venv the other had just made live and
+    # left `.previous` wrong. Even if the lock did not serialize them, the flip takes what is
+    # live at that moment as the venv it replaces, and prune spares everything live.
+    monkeypatch.setattr(store_fs, "store_lock", _NoLock)
+    base = make_store(house, lock_of(house, ("beta", "1.0")))
+    sync(base)
+    slow = make_store(house, lock_of(house, ("alpha", "1.0")), uv=slow_uv(tmp_path, 3))
+    fast = make_store(house, lock_of(house, ("alpha", "2.0")))
+    queue = multiprocessing.get_context("fork").Queue()
+    first = multiprocessing.get_context("fork").Process(target=in_child, args=(slow, queue))
+    first.start()
+    deadline = time.time() + 30
+    while not (tmp_path / "uv.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert sync(fast)["action"] == "build"  # flips while the slow one is still building
+    outcome = queue.get(timeout=120)
+    assert outcome[0] == "ok", outcome
+    first.join()
+    assert os.path.realpath(base.path) == slow.target
+    assert os.path.realpath(base.path + ".previous") == fast.target  # not `base`, which it planned against
+    assert installed(fast.target) == {"alpha": "2.0"}
