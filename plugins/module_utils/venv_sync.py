@@ -44,6 +44,7 @@ ARGUMENT_SPEC = dict(
     validate_imports=dict(type="list", elements="str", default=[]),
     keep=dict(type="int", default=2),
     timeout=dict(type="int", default=1800),
+    lock_timeout=dict(type="int", default=600),
     # Set by the action plugin.
     stage=dict(type="str", choices=["plan", "apply"], default="plan"),
     lockfile_sha256=dict(type="str"),
@@ -81,7 +82,8 @@ def run(params, check_mode, base_env=None):
             runner, p["path"], p["store"], executable, version, p["lockfile_sha256"],
             lockfile_name=os.path.basename(p["lockfile"]), env=p["env"], mpi4py_mode=p["mpi4py_mode"],
             build_variables=p["build_variables"], validate_imports=p["validate_imports"], keep=p["keep"],
-            previous=p["previous"], verify_files=p["verify_files"], expected=p["expected"])
+            previous=p["previous"], verify_files=p["verify_files"], expected=p["expected"],
+            lock_timeout=p["lock_timeout"])
         result["key"] = store.key
         result["package_manager"], result["missing_packages"] = os_packages.missing(p["packages"])
         if p["stage"] == "apply":

@@ -21,12 +21,16 @@ description:
     only when something must change.
   - A venv is never modified in place. A new lock, Python, mpi4py mode or MPI environment
     builds a new venv under O(store) (named after the lock and a hash of those inputs),
-    syncs and validates it, then flips O(path) with an atomic C(rename) system call. The venv that was
-    current is kept and linked from O(previous) for rollback.
+    syncs and validates it, compiles its bytecode, seals it with a manifest of every file
+    (C(<store>/<venv>.manifest.json), beside it, outside it), then flips O(path) with an atomic
+    C(rename) system call. The venv that was current is kept and linked from O(previous) for
+    rollback, unless someone had changed it (then the previous rollback target stays).
+  - One store lock is held from the plan to the flip; a second run on the host waits at most
+    O(lock_timeout) and then fails naming the holder.
   - Any failure before the flip (download error, hash mismatch, uv killed, failed import
     check) removes the half-built venv and leaves O(path) exactly as it was.
-  - C(changed) comes from uv itself (C(uv pip sync --check --output-format json)) and a
-    re-hash of the live venv's files (O(verify_files)); check mode predicts the package set
+  - C(changed) comes from uv itself (C(uv pip sync --check --output-format json)) and the
+    live venv against its manifest (O(verify_files)); check mode predicts the package set
     from the lock for the host's Python, and diff mode shows package, tamper and environment changes.
   - A converged host costs one module run.
 version_added: "0.1.0"
@@ -99,9 +103,11 @@ options:
     default: []
   verify_files:
     description:
-      - Re-hash the live venv's files against each distribution's C(RECORD). uv does not, so
-        without this an edited installed file goes unnoticed; with it, the venv is rebuilt
-        fresh (never repaired in place) and the edit shows in the diff as C(tampered).
+      - Compare the live venv with its manifest (every entry of the tree; a file is re-hashed
+        when its recorded inode, size, mode, mtime or ctime changed). uv re-hashes nothing and
+        looks only at dist-info, so without this a C(.pth), a forged C(.pyc) or an edited
+        file goes unnoticed; with it, the venv is rebuilt fresh (never repaired in place) and
+        the files show in the diff as C(tampered).
       - The tampered packages are dropped from uv's cache first (uv never re-verifies its
         cache, and with hardlinks the edit is in the cache too), so they are fetched again.
     type: bool
@@ -128,6 +134,13 @@ options:
     description: Seconds allowed for each uv command.
     type: int
     default: 1800
+  lock_timeout:
+    description:
+      - Seconds to wait for the venv store lock another run on this host holds (one lock from
+        plan to flip). After that the task fails naming the holder (pid, host, start time and
+        what it is doing) and nothing is changed.
+    type: int
+    default: 600
   stage:
     description: Internal, set by the action plugin. V(plan) only looks; V(apply) builds and flips.
     type: str
