@@ -69,10 +69,10 @@ runtime:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import flavored_path
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_runtime import (
     SONAMES,
     consistency_problems,
-    flavored_path,
     runtime_env,
 )
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_probe import parse_launcher_version
