@@ -29,7 +29,8 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv_diff import 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.wheelhouse import WheelhouseError
 
 MODULE = "lockstep.cluster.uv_sync"
-_INTERNAL = ("stage", "lockfile_sha256", "remote_lockfile", "expected", "wheelhouse_incoming", "build")
+_INTERNAL = ("stage", "lockfile_sha256", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files",
+             "build")
 
 
 def sync_lock(lock, overrides=None):
@@ -114,7 +115,7 @@ class ActionModule(ActionBase):
                 incoming, overrides = airgap.prepare(plan, module_args)
                 text, sha = sync_lock(lock, overrides)
                 result["wheelhouse"] = airgap.report
-                module_args.update(wheelhouse_incoming=incoming, lockfile_sha256=sha)
+                module_args.update(wheelhouse_incoming=incoming, wheelhouse_files=airgap.selected, lockfile_sha256=sha)
             module_args.update(stage="apply", remote_lockfile=self._push_lock(path, text), expected=expected)
             applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         finally:

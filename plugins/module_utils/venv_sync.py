@@ -48,6 +48,7 @@ ARGUMENT_SPEC = dict(
     wheelhouse_cache=dict(type="path"),
     wheelhouse_find_links=dict(type="list", elements="str", default=[]),
     build_group=dict(type="str"),
+    build_requires=dict(type="dict", default={}),
     find_links=dict(type="list", elements="str", default=[]),
     offline=dict(type="bool", default=False),
     ca_bundle=dict(type="path"),
@@ -63,6 +64,7 @@ ARGUMENT_SPEC = dict(
     remote_lockfile=dict(type="path"),
     expected=dict(type="dict"),
     wheelhouse_incoming=dict(type="dict"),
+    wheelhouse_files=dict(type="list", elements="str"),
     build=dict(type="dict"),
 )
 
@@ -137,6 +139,24 @@ def receive(directory, incoming):
         os.rename(part, os.path.join(directory, name))
 
 
+def make_view(directory, names):
+    """A directory of hard links to exactly ``names``: uv picks by tag, not by hash, so a file
+    of the same version left from another sync (the PyPI mpi4py wheel beside the one built
+    here) must not be visible to it."""
+    view = tempfile.mkdtemp(prefix=".view-", dir=directory)
+    for name in names:
+        if os.sep in name or name.startswith("."):
+            raise SyncError("refusing the wheelhouse file name %r" % name, "input")
+        source = os.path.join(directory, name)
+        if not os.path.isfile(source):
+            raise SyncError("%s is not in the wheelhouse %s" % (name, directory), "wheelhouse")
+        try:
+            os.link(source, os.path.join(view, name))
+        except OSError:
+            os.symlink(source, os.path.join(view, name))
+    return view
+
+
 def build_wheel(runner, python, directory, spec):
     """``uv build --wheel`` of the sdist ``spec['sdist']`` in the wheelhouse, offline, build
     requirements pinned by hash; the wheel lands in the wheelhouse. Returns its facts."""
@@ -171,6 +191,7 @@ def run(params, check_mode, base_env=None):
         p["uv"], index_url=p["index_url"], extra_index_urls=p["extra_index_urls"], find_links=p["find_links"],
         offline=p["offline"], ca_bundle=p["ca_bundle"], cache_dir=p["cache_dir"], no_binary=p["no_binary"],
         timeout=p["timeout"], link_mode=p["link_mode"], base_env=base_env, wheelhouse=p["wheelhouse"])
+    view = None
     result = {"changed": False, "stage": p["stage"], "action": "none", "venv": None, "previous": None,
               "key": None, "drift": False, "tampered": []}
     try:
@@ -197,6 +218,9 @@ def run(params, check_mode, base_env=None):
         if p["stage"] == "apply":
             if p["wheelhouse"]:
                 receive(p["wheelhouse"], p["wheelhouse_incoming"])
+                if p["wheelhouse_files"] is not None:
+                    view = make_view(p["wheelhouse"], p["wheelhouse_files"])
+                    runner.find_links[0] = view
             plan = store.sync(p["remote_lockfile"])
         elif runner.available():
             plan = store.plan()
@@ -226,4 +250,6 @@ def run(params, check_mode, base_env=None):
             result["stderr"] = exc.detail
         return result
     finally:
+        if view:
+            shutil.rmtree(view, ignore_errors=True)
         result["commands"] = runner.timings()

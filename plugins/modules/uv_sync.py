@@ -154,6 +154,13 @@ options:
   build_group:
     description: What a built mpi4py wheel is shared by (distro release and MPI); the host's Python tag is added.
     type: str
+  build_requires:
+    description:
+      - Build requirements to add, per package built in the wheelhouse, to those its sdist
+        declares in C(pyproject.toml). A build backend may ask for more at build time (mpi4py's
+        asks for Cython), which the controller cannot see without running the sdist's code.
+    type: dict
+    default: {}
   stage:
     description: Internal, set by the action plugin. V(plan) only looks; V(apply) builds and flips; V(build) builds one wheel.
     type: str
@@ -173,6 +180,10 @@ options:
   wheelhouse_incoming:
     description: Internal, set by the action plugin; files it pushed (name to C(src), C(sha256)) to move into O(wheelhouse).
     type: dict
+  wheelhouse_files:
+    description: Internal, set by the action plugin; the files of O(wheelhouse) uv may see for this sync (the host's selection).
+    type: list
+    elements: str
   build:
     description: Internal, set by the action plugin; the sdist to build with V(stage=build).
     type: dict

@@ -131,6 +131,7 @@ class Airgap(object):
         start = time.time()
         incoming = self._push(files, have)
         self.report.update(files=len(files), push_seconds=round(time.time() - start, 3))
+        self.selected = sorted(files)
         return incoming, overrides
 
     def _push(self, files, have):
@@ -188,7 +189,8 @@ class Airgap(object):
 
     def _build(self, plan, sdist_name, sdist, have, module_args, tag):
         local, digest, _ = wheelhouse.fetch(self.cache, sdist_name, sdist, self.index_urls)
-        deps_lock, deps = self._build_deps(build_requires(local), plan)
+        extra = list((self.args["build_requires"] or {}).get(BUILT) or [])
+        deps_lock, deps = self._build_deps(build_requires(local) + extra, plan)
         deps[sdist_name] = sdist
         incoming = self._push(deps, have)
         build = {"sdist": sdist_name, "sdist_sha256": digest, "constraints": render_requirements(deps_lock),
