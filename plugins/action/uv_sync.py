@@ -51,7 +51,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         given = [name for name in _INTERNAL if self._task.args.get(name) is not None]
         if given:
             raise AnsibleActionFail("%s are set by the action plugin, not by a task" % ", ".join(given))

@@ -14,7 +14,7 @@ class ModuleDocFragment(object):
 options:
   lockfile:
     description:
-      - Path of the lock on the B(controller): a hash-pinned C(requirements.txt) from
+      - Path of the lock on the B(controller), a hash-pinned C(requirements.txt) from
         C(uv pip compile --generate-hashes), or a PEP 751 lock named C(pylock.toml) or
         C(pylock.<name>.toml) (C(uv pip compile -o pylock.NAME.toml), C(uv export --format pylock.toml)).
         It is parsed there with C(packaging) (C(packaging.pylock) for PEP 751); the same policy

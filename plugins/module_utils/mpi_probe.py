@@ -15,7 +15,6 @@ __metaclass__ = type
 
 import json
 import os
-import re
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import (

@@ -112,8 +112,8 @@ options:
   env_file:
     description:
       - File of C(KEY=VALUE) lines applied to the environment of the venv's Python and the
-        launcher, in the format the provisioning writes (C(LD_LIBRARY_PATH), C(MPI4PY_LIBMPI), ...):
-        literal values, no quotes, no C($VAR) expansion, exactly what C(bin/activate) exports.
+        launcher, in the format the provisioning writes (C(LD_LIBRARY_PATH), C(MPI4PY_LIBMPI), ...),
+        with literal values (no quotes, no C($VAR) expansion), exactly what C(bin/activate) exports.
       - Default is C(<venv>/lockstep.env) when it exists. A given file that does not exist is an error.
     type: path
   environment:

@@ -69,13 +69,12 @@ runtime:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import flavored_path
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_runtime import (
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import (
     SONAMES,
-    consistency_problems,
-    runtime_env,
+    flavored_path,
+    parse_launcher_version,
 )
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_probe import parse_launcher_version
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_runtime import consistency_problems, runtime_env
 
 
 def main():

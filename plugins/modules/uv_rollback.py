@@ -14,7 +14,7 @@ module: uv_rollback
 short_description: Flip a lockstep venv symlink back to the previous venv
 description:
   - Swaps O(path) (the C(current) symlink managed by M(lockstep.cluster.uv_sync)) and
-    O(previous), each with an atomic C(rename(2)). Running it twice rolls forward again.
+    O(previous), each with an atomic C(rename) system call. Running it twice rolls forward again.
   - Fails without touching anything when there is no complete previous venv.
   - A later M(lockstep.cluster.uv_sync) of the newer lock flips forward again (the rolled-away
     venv is kept, so that is only a flip). To stay on the old venv, revert the lock.

@@ -21,7 +21,7 @@ description:
     only when something must change.
   - A venv is never modified in place. A new lock, Python, mpi4py mode or MPI environment
     builds a new venv under O(store) (named after the lock and a hash of those inputs),
-    syncs and validates it, then flips O(path) with an atomic C(rename(2)). The venv that was
+    syncs and validates it, then flips O(path) with an atomic C(rename) system call. The venv that was
     current is kept and linked from O(previous) for rollback.
   - Any failure before the flip (download error, hash mismatch, uv killed, failed import
     check) removes the half-built venv and leaves O(path) exactly as it was.

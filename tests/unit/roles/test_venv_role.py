@@ -18,7 +18,6 @@ from helpers import BASE_PYTHON, HEADER, REPO, UV, lock_text, make_wheel, snapsh
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
 
-
 @pytest.fixture
 def lab(tmp_path):
     wheels = tmp_path / "wheels"
