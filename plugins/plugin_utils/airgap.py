@@ -128,6 +128,7 @@ class Airgap(object):
         if self.source and any(spec["name"] == BUILT for spec in files.values()):
             files = self._use_built(plan, files, have, module_args)
             overrides = self.built_overrides()
+        files.update(self._sdist_build_deps(plan, files))
         start = time.time()
         incoming = self._push(files, have)
         self.report.update(files=len(files), push_seconds=round(time.time() - start, 3))
@@ -146,6 +147,21 @@ class Airgap(object):
             self.report["pushed"].append(name)
             self.report["pushed_bytes"] += os.path.getsize(local)
         return incoming
+
+    def _sdist_build_deps(self, plan, files):
+        """What uv needs to build the lock's sdist-only packages on a host with no index (an
+        sdist-only pin such as antlr4-python3-runtime): their build requirements, resolved
+        and hash-checked on the controller like mpi4py's."""
+        extra = {}
+        for name, spec in sorted(files.items()):
+            if spec["kind"] != "sdist":
+                continue
+            local, _digest, fetched = wheelhouse.fetch(self.cache, name, spec, self.index_urls)
+            if fetched:
+                self.report["fetched"].append(name)
+            requires = build_requires(local) + list((self.args["build_requires"] or {}).get(spec["name"]) or [])
+            extra.update(self._build_deps(requires, plan)[1])
+        return extra
 
     def _use_built(self, plan, files, have, module_args):
         sdist_name = next(n for n, spec in files.items() if spec["name"] == BUILT)
