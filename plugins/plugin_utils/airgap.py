@@ -72,6 +72,7 @@ class Airgap(object):
         self.index_urls = [u for u in [args["index_url"]] + list(args["extra_index_urls"]) if u]
         self.report = {}
         self._files = None
+        self._local = {}
 
     # -- before the plan ----------------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class Airgap(object):
         files.update(self._sdist_build_deps(plan, files))
         start = time.time()
         incoming = self._push(files, have)
-        self.report.update(files=len(files), push_seconds=round(time.time() - start, 3))
+        self.report.update(files=len(files),
+                           push_seconds=round(time.time() - start - self.report.get("fetch_seconds", 0), 3))
         self.selected = sorted(files)
         return incoming, overrides
 
@@ -140,7 +142,10 @@ class Airgap(object):
         for name, spec in sorted(files.items()):
             if have.get(name) in spec["sha256s"]:
                 continue
+            start = time.time()
             local, digest, fetched = wheelhouse.fetch(self.cache, name, spec, self.index_urls)
+            self.report["fetch_seconds"] = round(self.report.get("fetch_seconds", 0) + time.time() - start, 3)
+            self._local[name] = local
             if fetched:
                 self.report["fetched"].append(name)
             incoming[name] = {"src": remote.push_file(self.action, local, name), "sha256": digest}

@@ -85,16 +85,14 @@ def host_tags(facts):
 
 
 def _compile_flags(lock):
-    """The Python/platform flags the lock was compiled with (its header), so uv reports the
-    same files; universal otherwise."""
-    argv = lock.header_command or ()
-    flags = []
-    if "--universal" in argv or not lock.header_option("--python-version"):
-        flags.append("--universal")
-    for name in ("--python-version", "--python-platform"):
-        value = lock.header_option(name)
-        if value:
-            flags += [name, value]
+    """Always universal: a lock resolved for one platform (``--python-platform
+    x86_64-manylinux_2_28``) would list only that platform's wheels, and a host with a newer
+    glibc could then only get an sdist (pydftracer ships manylinux_2_31 wheels only). The
+    lock's Python floor is kept; the pins are the lock's (``--no-deps``)."""
+    flags = ["--universal"]
+    version = lock.header_option("--python-version")
+    if version:
+        flags += ["--python-version", version]
     return flags
 
 
@@ -105,7 +103,8 @@ def source_pylock(lock, directory, uv, find_links=(), index_url=None, extra_inde
         return lock.pylock
     cache = os.path.join(directory, "pylock")
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, "pylock.%s.toml" % lock.sha256[:16])
+    recipe = json.dumps([lock.sha256, _compile_flags(lock), list(find_links or ())])
+    path = os.path.join(cache, "pylock.%s.toml" % hashlib.sha256(recipe.encode("utf-8")).hexdigest()[:16])
     if not os.path.isfile(path):
         part = os.path.join(cache, "pylock.part%d.toml" % os.getpid())
         argv = [uv, "pip", "compile", "--no-config", "--no-deps", "--quiet", "--no-progress", "--format", "pylock.toml",

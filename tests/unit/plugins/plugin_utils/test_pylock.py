@@ -3,6 +3,7 @@
 of tiny wheels (offline), like a user would from an index."""
 
 import base64
+import hashlib
 import os
 import subprocess
 import time
@@ -219,3 +220,38 @@ def test_host_sync_with_a_file_missing_from_the_wheelhouse_fails_fast(index, tmp
     assert "--offline" in sync and "--no-index" in sync and "hunter22" not in " ".join(sync)
     assert "UV_DEFAULT_INDEX" not in runner.env()  # no index at all with a wheelhouse
     assert not os.path.lexists(tmp_path / "venv")
+
+
+def _build_once(directory, log):
+    """What one host's action does for a (group, tag): wait for the build lock, build only if
+    no wheel was recorded meanwhile."""
+    with wheelhouse.build_lock(directory, "mpi4py", "Debian-12/openmpi-4.1.4", "cp311-x86_64"):
+        if not [m for m in wheelhouse.built_wheels(directory, "mpi4py", "Debian-12/openmpi-4.1.4")
+                if m["tag"] == "cp311-x86_64"]:
+            time.sleep(1.0)  # the build
+            wheelhouse.record_built(directory, "mpi4py", "Debian-12/openmpi-4.1.4", "cp311-x86_64",
+                                    "mpi4py-4.1.2-cp311-cp311-linux_x86_64.whl", b"wheel-%d" % os.getpid(),
+                                    {"builder": str(os.getpid())})
+            with open(log, "a") as handle:
+                handle.write("built\n")
+
+
+def test_one_build_per_combination_across_concurrent_hosts(tmp_path):
+    import multiprocessing
+
+    log = str(tmp_path / "log")
+    hosts = [multiprocessing.Process(target=_build_once, args=(str(tmp_path), log)) for _ in range(3)]
+    for host in hosts:
+        host.start()
+    for host in hosts:
+        host.join(30)
+    assert [h.exitcode for h in hosts] == [0, 0, 0]
+    assert open(log).read() == "built\n"
+    built = wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/openmpi-4.1.4")
+    assert len(built) == 1 and built[0]["sha256"] == hashlib.sha256(open(built[0]["path"], "rb").read()).hexdigest()
+    # Another MPI is another group: nothing shared with it.
+    assert wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/mpich-4.0.2") == []
+    # A built wheel replaced behind the controller's back is not offered any more.
+    with open(built[0]["path"], "ab") as handle:
+        handle.write(b"tampered")
+    assert wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/openmpi-4.1.4") == []
