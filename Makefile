@@ -19,7 +19,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
 .PHONY: help venv requirements images lab-up lab-down demo drift test unit lint sanity build \
-        molecule molecule-full lock lock-check bench clean ee-check
+        molecule molecule-full lock lock-check lock-pylock bench clean ee-check
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on C
 
 lock: venv ## regenerate lockfiles/*.txt from their .in
 	scripts/lock.sh lock
+
+lock-pylock: venv ## write lockfiles/pylock.<name>.toml, the PEP 751 twin of each lock (not committed)
+	scripts/lock.sh pylock
 
 lock-check: venv ## fail when a committed lock is not current
 	scripts/lock.sh check

@@ -119,6 +119,12 @@ def test_push_only_missing_then_converged_costs_one_module_run(airgap):
     assert "wheelhouse" not in again["sync"]  # no push, no listing: the plan said "none"
     assert [c.split()[0:3] for c in again["sync"]["commands"]] == [["uv", "pip", "sync"]]
 
+    # Check mode names what it would push, and pushes nothing.
+    predicted = airgap["run"](airgap["lock"]("b.txt", [("alpha", "2.0"), ("beta", "1.0")]), check=True)
+    assert predicted["failures"] == [] and predicted["stats"]["changed"] == 1
+    assert predicted["sync"]["wheelhouse"]["push"] == ["alpha-2.0-py3-none-any.whl"]
+    assert sorted(os.listdir(airgap["host_wh"])) == ["alpha-1.0-py3-none-any.whl", "beta-1.0-py3-none-any.whl"]
+
     upgrade = airgap["run"](airgap["lock"]("b.txt", [("alpha", "2.0"), ("beta", "1.0")]))
     assert upgrade["failures"] == [] and upgrade["sync"]["wheelhouse"]["pushed"] == ["alpha-2.0-py3-none-any.whl"]
     assert upgrade["sync"]["wheelhouse"]["fetched"] == ["alpha-2.0-py3-none-any.whl"]

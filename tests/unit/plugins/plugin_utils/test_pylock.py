@@ -114,6 +114,19 @@ def test_pylock_policy_unpinned_and_gpu_name_their_lines():
     assert found == [(10, "nvidia-cublas-cu12", "gpu"), (15, "gamma", "not-pinned")]
 
 
+def test_lock_policy_action_takes_a_pylock(tmp_path):
+    from ansible_collections.lockstep.cluster.plugins.action.lock_policy import evaluate
+
+    path = tmp_path / "pylock.gpu.toml"
+    path.write_text(PYLOCK % ("a" * 64, '\n[[packages]]\nname = "torch"\nversion = "2.5.1"\nwheels = [{ url = '
+                                        '"https://index.example/torch-2.5.1-py3-none-any.whl", hashes = { sha256 = '
+                                        '"%s" } }]\n' % ("e" * 64)))
+    result = evaluate(str(path), python_version="3.11")
+    assert result["failed"] and result["python_specifier"] == ">=3.10"
+    assert [(v["line"], v["name"], v["code"]) for v in result["violations"]] == [(10, "torch", "gpu")]
+    assert evaluate(str(path), python_version="3.9")["violations"][-1]["code"] == "python"
+
+
 def test_toml_that_is_not_named_like_a_pylock_is_refused(tmp_path):
     path = tmp_path / "locks.toml"
     path.write_text(PYLOCK % ("a" * 64, ""))
