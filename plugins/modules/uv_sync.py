@@ -249,8 +249,9 @@ python:
   type: dict
 wheelhouse:
   description:
-    - With O(wheelhouse), when something changed (C(dir), C(files), C(fetched), C(pushed),
-      C(pushed_bytes), C(push_seconds), and C(mpi4py_wheel) with its provenance in source mode).
+    - With O(wheelhouse), when something changed (C(dir), C(files), C(fetched), C(fetch_seconds),
+      C(pushed), C(pushed_bytes), C(push_seconds), and C(mpi4py_wheel) with its provenance in source
+      mode); in check mode C(push) (what would be pushed) and C(build).
   returned: when a wheelhouse was used
   type: dict
 commands:
