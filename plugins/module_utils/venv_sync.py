@@ -175,8 +175,9 @@ def build_wheel(runner, python, directory, spec):
         result = runner.build_wheel(python, sdist, out, constraints, env)
         wheels = [n for n in os.listdir(out) if n.endswith(".whl")]
         if result.rc != 0 or len(wheels) != 1:
-            raise SyncError("uv build of %s failed (%s): %s" % (spec["sdist"], proc.describe(result, "uv", runner.timeout),
-                                                               proc.tail(result.err, 20)), "build", result.err)
+            what = proc.describe(result, "uv", runner.timeout)
+            raise SyncError("uv build of %s failed (%s): %s" % (spec["sdist"], what, proc.tail(result.err, 20)),
+                            "build", result.err)
         target = os.path.join(directory, wheels[0])
         os.rename(os.path.join(out, wheels[0]), target)
         return {"wheel": target, "filename": wheels[0], "sha256": sha256_file(target), "seconds": result.seconds}

@@ -37,8 +37,8 @@ description:
   - With O(wheelhouse) and O(mpi4py_mode=source), one host per O(build_group) and Python tag builds
     the mpi4py wheel from the lock's sdist (C(uv build), build requirements pinned by hash); the
     controller keeps it with its provenance and every other host of the combination installs it.
-  - A C(pylock.toml) lock is synced from its requirements rendering (same pins, markers and hashes):
-    uv takes a pylock's files only from its recorded URLs, which an air-gapped host cannot reach.
+  - A C(pylock.toml) lock is synced from its requirements rendering (same pins, markers and hashes),
+    because uv takes a pylock's files only from its recorded URLs, which an air-gapped host cannot reach.
 version_added: "0.1.0"
 author:
   - lockstep.cluster maintainers (@lockstep)

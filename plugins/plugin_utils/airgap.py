@@ -179,8 +179,8 @@ class Airgap(object):
             if meta is None:
                 meta = self._build(plan, sdist_name, sdist, have, module_args, tag)
                 self.report["built"] = {"builder": self.host, "seconds": meta["build_seconds"]}
-        self.report["mpi4py_wheel"] = dict((k, meta[k]) for k in ("filename", "sha256", "builder", "group", "tag",
-                                                                   "sdist_sha256", "build_seconds"))
+        keys = ("filename", "sha256", "builder", "group", "tag", "sdist_sha256", "build_seconds")
+        self.report["mpi4py_wheel"] = dict((k, meta[k]) for k in keys)
         files[meta["filename"]] = {"name": BUILT, "version": sdist["version"], "url": None, "path": meta["path"],
                                    "sha256s": [meta["sha256"]], "kind": "built"}
         return files
@@ -209,7 +209,7 @@ class Airgap(object):
         return lock, files
 
     def _build(self, plan, sdist_name, sdist, have, module_args, tag):
-        local, digest, _ = wheelhouse.fetch(self.cache, sdist_name, sdist, self.index_urls)
+        local, digest = wheelhouse.fetch(self.cache, sdist_name, sdist, self.index_urls)[:2]
         extra = list((self.args["build_requires"] or {}).get(BUILT) or [])
         deps_lock, deps = self._build_deps(build_requires(local) + extra, plan)
         deps[sdist_name] = sdist

@@ -27,8 +27,9 @@ import shutil
 import subprocess
 import time
 import tomllib
-import urllib.request
 from urllib.parse import unquote, urlsplit
+
+from ansible.module_utils.urls import open_url
 
 from packaging.pylock import Pylock, PylockSelectError, PylockValidationError
 from packaging.tags import compatible_tags, cpython_tags, generic_tags
@@ -192,12 +193,14 @@ def _locked(path):
 
 
 def _download(url, part, index_urls, timeout):
-    request = urllib.request.Request(credentials.strip_userinfo(url))
     header = credentials.auth_header(url, index_urls)
-    if header:
-        request.add_header("Authorization", header)
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:  # nosec B310
-        shutil.copyfileobj(response, out, _CHUNK)
+    response = open_url(credentials.strip_userinfo(url), headers={"Authorization": header} if header else None,
+                        timeout=timeout, http_agent="lockstep.cluster-wheelhouse")
+    try:
+        with open(part, "wb") as out:
+            shutil.copyfileobj(response, out, _CHUNK)
+    finally:
+        response.close()
 
 
 def fetch(directory, filename, spec, index_urls=(), timeout=120):
@@ -223,7 +226,7 @@ def fetch(directory, filename, spec, index_urls=(), timeout=120):
             else:
                 _download(spec["url"], part, index_urls, timeout)
             digest = sha256_file(part)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # urllib, ssl and ansible's url errors
             with contextlib.suppress(OSError):
                 os.unlink(part)
             reason = credentials.redact(str(getattr(exc, "reason", None) or exc), credentials.secrets_of(index_urls))

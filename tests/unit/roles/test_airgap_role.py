@@ -4,7 +4,6 @@ with no index; a pylock.toml twin gives the same venv and the same drift report;
 the index URL shows up nowhere (output at -vvv, results, uv's argv in /proc)."""
 
 import base64
-import hashlib
 import http.server
 import json
 import os
@@ -94,7 +93,7 @@ def airgap(tmp_path):
         out = json.loads(proc.stdout)
         results = [(task["task"]["name"], res) for play in out["plays"] for task in play["tasks"]
                    for res in task["hosts"].values()]
-        return {"stats": out["stats"]["localhost"], "failures": [r.get("msg", "") for _, r in results if r.get("failed")],
+        return {"stats": out["stats"]["localhost"], "failures": [r.get("msg", "") for dummy, r in results if r.get("failed")],
                 "sync": next((r for n, r in results if "Sync the venv" in n), None), "results": results}
 
     return {"tmp": tmp_path, "lock": lock, "pylock": pylock, "run": run, "sha": sha,
@@ -199,7 +198,9 @@ def _http_index(root):
     """Serve ``root`` (simple/ with relative links to wheels/) on 127.0.0.1."""
     for page in (root / "simple").glob("*/index.html"):
         page.write_text(page.read_text().replace((root / "wheels").as_uri(), "../../wheels"))
-    handler = lambda *a, **kw: _AuthIndex(*a, directory=str(root), **kw)  # noqa: E731
+    def handler(*args, **kwargs):
+        return _AuthIndex(*args, directory=str(root), **kwargs)
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, "http://ci:%s@127.0.0.1:%d/simple" % (SECRET, server.server_address[1])

@@ -162,8 +162,8 @@ def test_select_files_picks_the_hosts_wheel_or_the_sdist(tmp_path):
     lock = _two_platform_lock(tmp_path)
     files = wheelhouse.select_files(lock.pylock, lock, PY311, wheelhouse.host_tags(HOST))
     assert list(files) == ["mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
-    assert files["mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"]["path"] == str(tmp_path / "files" /
-                                                                                "mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+    wheel = "mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    assert files[wheel]["path"] == str(tmp_path / "files" / wheel)
     source = wheelhouse.select_files(lock.pylock, lock, PY311, wheelhouse.host_tags(HOST), prefer_sdist=["mpi"])
     assert list(source) == ["mpi-1.0.tar.gz"] and source["mpi-1.0.tar.gz"]["kind"] == "sdist"
     # No wheel for an old glibc and no sdist: one clear error.
@@ -253,7 +253,7 @@ def test_one_build_per_combination_across_concurrent_hosts(tmp_path):
     import multiprocessing
 
     log = str(tmp_path / "log")
-    hosts = [multiprocessing.Process(target=_build_once, args=(str(tmp_path), log)) for _ in range(3)]
+    hosts = [multiprocessing.Process(target=_build_once, args=(str(tmp_path), log)) for dummy in range(3)]
     for host in hosts:
         host.start()
     for host in hosts:
