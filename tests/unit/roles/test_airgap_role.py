@@ -198,6 +198,7 @@ def _http_index(root):
     """Serve ``root`` (simple/ with relative links to wheels/) on 127.0.0.1."""
     for page in (root / "simple").glob("*/index.html"):
         page.write_text(page.read_text().replace((root / "wheels").as_uri(), "../../wheels"))
+
     def handler(*args, **kwargs):
         return _AuthIndex(*args, directory=str(root), **kwargs)
 
