@@ -18,8 +18,8 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # A hand-installed collection of the same name must never shadow this checkout.
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
-.PHONY: help venv requirements images lab-up lab-down demo drift test unit lint sanity build \
-        molecule molecule-full lock lock-check lock-pylock bench clean ee-check
+.PHONY: help host-deps venv requirements images lab-up lab-down demo drift test unit lint sanity \
+        build molecule molecule-full lock lock-check lock-pylock bench clean ee-check
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,28 +32,34 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP) ## controller + test toolchain in .venv (hash-locked)
 
+host-deps: ## check (as root: install) the Debian packages the lab and tests need
+	scripts/host-deps.sh
+
 requirements: ## re-lock the toolchain from requirements.in
 	uv=$$(scripts/bootstrap-uv.sh); $$uv pip compile -q --universal --python-version 3.11 \
 	  --generate-hashes requirements.in -o requirements.txt
 
-images: ## build localhost/lockstep-debian{12,13} (kept when present)
+images: host-deps ## build localhost/lockstep-debian{12,13} (kept while their recipe is current)
 	scripts/build-images.sh
 
-lab-up: venv images ## start the lab containers of inventories/lab
-	ansible-playbook -i inventories/lab lab/lab.yml -e lab_state=up
+# LAB_INVENTORY: another inventory with a `lab` group (e.g. a generated, bigger lab).
+LAB_INVENTORY ?= inventories/lab
 
-lab-down: venv ## remove the lab containers
-	ansible-playbook -i inventories/lab lab/lab.yml -e lab_state=down
+lab-up: host-deps venv images ## SSH lab: bridge network + one sshd container per host of the lab group
+	ansible-playbook -i $(LAB_INVENTORY) lab/lab.yml -e lab_state=up
+
+lab-down: host-deps venv ## remove the lab's containers and network (keeps its key pair and the images)
+	ansible-playbook -i $(LAB_INVENTORY) lab/lab.yml -e lab_state=down
 
 demo: lab-up ## site.yml against the local lab, then show the report
-	ansible-playbook -i inventories/lab site.yml
+	ansible-playbook -i $(LAB_INVENTORY) site.yml
 	@if [ -e reports/latest/summary.md ]; then \
 	  echo "report: $$(readlink -f reports/latest)/"; cat reports/latest/summary.md; fi
 
 drift: venv ## audit the lab against the lock (changes nothing; non-zero on drift)
-	ansible-playbook -i inventories/lab playbooks/drift.yml -e validate_fail_on_drift=true
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/drift.yml -e validate_fail_on_drift=true
 
-test: venv images unit lint sanity build ee-check molecule ## every gate: unit, lint, sanity, build, EE, molecule
+test: host-deps venv images unit lint sanity build ee-check molecule ## every gate: unit, lint, sanity, build, EE, molecule
 
 unit: venv ## pytest for module_utils and plugins
 	pytest tests/unit -q
@@ -83,7 +89,7 @@ ee-check: venv ## ansible-builder create: the execution environment build contex
 	@grep -q 'openssh' .cache/ee/_build/bindep.txt || { echo "ee-check: bindep file missing from the context" >&2; exit 1; }
 	@echo "ee-check: build context in .cache/ee"
 
-molecule: venv images ## all molecule scenarios, one after another
+molecule: host-deps venv images ## all molecule scenarios, one after another
 	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
 
 molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on CPU
