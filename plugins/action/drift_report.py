@@ -13,6 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import report
 
 ARGUMENT_SPEC = dict(
@@ -32,6 +33,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
+        try:
+            deps.require()
+        except RuntimeError as exc:
+            raise AnsibleActionFail(str(exc))
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         hostvars = task_vars.get("hostvars", {})

@@ -14,6 +14,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.module_utils.env_probe import ARGUMENT_SPEC
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.drift import evaluate
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import read_lock
@@ -27,6 +28,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
+        try:
+            deps.require()
+        except RuntimeError as exc:
+            raise AnsibleActionFail(str(exc))
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         path, lock = read_lock(self, args["lockfile"])

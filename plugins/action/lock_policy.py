@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import find_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import check_policy, format_violations
@@ -51,6 +53,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
+        try:
+            deps.require()
+        except RuntimeError as exc:
+            raise AnsibleActionFail(str(exc))
         del tmp  # tmp no longer has any effect
 
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]

@@ -14,6 +14,7 @@ import tempfile
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_sync import ARGUMENT_SPEC
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials, remote
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.airgap import Airgap
@@ -50,6 +51,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
+        try:
+            deps.require()
+        except RuntimeError as exc:
+            raise AnsibleActionFail(str(exc))
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         given = [name for name in _INTERNAL if self._task.args.get(name) is not None]

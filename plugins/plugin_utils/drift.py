@@ -14,10 +14,12 @@ __metaclass__ = type
 import hashlib
 import json
 
-from packaging.specifiers import SpecifierSet
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
-
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    InvalidVersion,
+    SpecifierSet,
+    Version,
+    canonicalize_name,
+)
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import gpu_reason, python_version_reason
 
 CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke")

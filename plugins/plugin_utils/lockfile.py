@@ -15,11 +15,14 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from packaging.markers import Marker
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
-
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    InvalidRequirement,
+    InvalidVersion,
+    Marker,
+    Requirement,
+    Version,
+    canonicalize_name,
+)
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import pylock
 
 __all__ = ["Lock", "LockEntry", "LockError", "load_lock", "parse_lock"]

@@ -9,9 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from packaging.specifiers import SpecifierSet
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    InvalidVersion,
+    SpecifierSet,
+    Version,
+    canonicalize_name,
+)
+
 
 __all__ = ["Violation", "check_policy", "format_violations", "gpu_reason", "python_version_reason"]
 

@@ -13,8 +13,13 @@ import re
 import tomllib
 from pathlib import Path
 
-from packaging.pylock import Pylock, PylockUnsupportedVersionError, PylockValidationError, is_valid_pylock_path
-from packaging.utils import canonicalize_name
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    Pylock,
+    PylockUnsupportedVersionError,
+    PylockValidationError,
+    canonicalize_name,
+    is_valid_pylock_path,
+)
 
 __all__ = ["is_pylock_name", "parse_pylock", "render_requirements"]
 

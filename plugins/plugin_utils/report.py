@@ -16,8 +16,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from packaging.utils import canonicalize_name
-
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import canonicalize_name
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.drift import CHECKS
 
 STATUSES = ("ok", "drift", "error", "unreachable")

@@ -31,10 +31,15 @@ from urllib.parse import unquote, urlsplit
 
 from ansible.module_utils.urls import open_url
 
-from packaging.pylock import Pylock, PylockSelectError, PylockValidationError
-from packaging.tags import compatible_tags, cpython_tags, generic_tags
-from packaging.utils import canonicalize_name
-
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    Pylock,
+    PylockSelectError,
+    PylockValidationError,
+    canonicalize_name,
+    compatible_tags,
+    cpython_tags,
+    generic_tags,
+)
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials
 
 __all__ = ["WheelhouseError", "built_wheels", "fetch", "host_tags", "record_built", "select_files", "source_pylock"]
