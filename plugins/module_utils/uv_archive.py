@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: a uv release archive — fetched with sha256 verification, unpacked safely (stdlib only).
+"""Host side: a uv release archive — fetched with sha256 verification, unpacked safely.
 
-Release archives hold ``uv-<target>/uv`` and ``uv-<target>/uvx``. Only those two regular files
-are written; any link, device, absolute path or ``..`` in the archive refuses it whole.
+Stdlib plus Ansible's own ``open_url`` (shipped with every module; it honours the proxy
+variables and a CA bundle). Release archives hold ``uv-<target>/uv`` and ``uv-<target>/uvx``.
+Only those two regular files are written; any link, device, absolute path or ``..`` in the
+archive refuses it whole.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -15,9 +17,10 @@ import hashlib
 import os
 import ssl
 import tarfile
-
 from urllib.error import URLError
-from urllib.request import Request, urlopen
+
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 
@@ -36,16 +39,14 @@ def download(url, dest, sha256, ca_bundle=None, timeout=300):
     """
     if ca_bundle and not os.path.isfile(ca_bundle):
         raise ArchiveError("CA bundle %s does not exist on the host" % ca_bundle)
-    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
     digest = hashlib.sha256()
     try:
-        response = urlopen(Request(url, headers={"User-Agent": "lockstep.cluster"}), timeout=timeout,
-                           context=context)
+        response = open_url(url, timeout=timeout, ca_path=ca_bundle, http_agent="lockstep.cluster")
         with response, open(dest, "wb") as handle:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 digest.update(chunk)
                 handle.write(chunk)
-    except (URLError, OSError, ValueError, ssl.SSLError) as exc:
+    except (URLError, UrlConnectionError, OSError, ValueError, ssl.SSLError) as exc:
         reason = getattr(exc, "reason", None) or exc
         # An OSError's text names the file or URL: keep only the error itself.
         text = getattr(reason, "strerror", None) or str(reason)

@@ -11,7 +11,6 @@ from ansible_collections.lockstep.cluster.plugins.modules import mpi_select
 from helpers import doc_matches_spec
 
 
-
 def test_documentation_states_the_argument_spec():
     doc_matches_spec(mpi_select.DOCUMENTATION, ARGUMENT_SPEC)
 
