@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Host side of ``lockstep.cluster.uv_install``: its option spec, the one idempotent check and
-the install (stdlib only).
+the install (stdlib only; a download uses Ansible's open_url, see uv_archive).
 
 Layout::
 
@@ -87,8 +87,9 @@ def check_inputs(p):
             problems.append("%s must be an absolute path (got %r)" % (name, p[name]))
     if p["method"] == "venv":
         if not p["requirement_hashes"]:
-            problems.append("no sha256 known for the uv %s wheels: set requirement_hashes (uv pip compile "
-                            "--universal --generate-hashes of uv==%s)" % (p["version"], p["version"]))
+            problems.append("no sha256 known for the uv %s wheels: set requirement_hashes (the uv role: "
+                            "uv_requirement_hashes) from `uv pip compile --universal --generate-hashes` of uv==%s"
+                            % (p["version"], p["version"]))
         bad = [h for h in p["requirement_hashes"] if not _SHA256_RE.match(h)]
         if bad:
             problems.append("requirement_hashes must be sha256 hex digests (got %s)" % ", ".join(bad))
