@@ -21,10 +21,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import json
 import os
 import re
 import tempfile
+import time
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, os_packages, proc, store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_archive import BINARIES, ArchiveError, download, extract, verify
@@ -335,6 +337,18 @@ def _steps(p, problem, stale, missing):
     return steps
 
 
+@contextlib.contextmanager
+def _install_lock(p):
+    """One install at a time per install root (the venv store's bounded lock)."""
+    try:
+        with store_fs.store_lock(p["install_root"], timeout=p["timeout"], doing="uv %s install" % p["version"]):
+            yield
+    except store_fs.LockTimeout:
+        with open(os.path.join(p["install_root"], store_fs.STORE_LOCK)) as handle:
+            holder = store_fs.describe_holder(handle.read(4096), time.time())
+        raise InstallError("%s is locked by %s; waited %ds (timeout)" % (p["install_root"], holder, p["timeout"]))
+
+
 def run(params, check_mode, diff=False):
     """The module's whole job; returns the result dict (``failed`` set on an error)."""
     p = normalize(params)
@@ -369,7 +383,7 @@ def run(params, check_mode, diff=False):
             return result
         if not os.path.isdir(p["install_root"]):
             os.makedirs(p["install_root"], 0o755)
-        with store_fs.store_lock(p["install_root"]):
+        with _install_lock(p):
             # A concurrent run may have finished the same install while this one waited.
             if result["install"] and integrity_problem(directory, p["version"], min(p["timeout"], 60)):
                 install(p)

@@ -154,6 +154,8 @@ def tree(path):
     for root, dirs, files in os.walk(str(path)):
         for name in sorted(dirs + files):
             full = os.path.join(root, name)
+            if name == ".lockstep.lock":
+                continue  # who held the install lock last, not part of the install
             if os.path.islink(full):
                 out.append((full, "->", os.readlink(full)))
             elif os.path.isfile(full):
@@ -425,3 +427,20 @@ def test_a_binary_that_does_not_run_is_named(tmp_path, dpkg):
     assert m.integrity_problem(str(directory), "0.13.9") == "bin/uv --version failed: it exited 3"
     os.chmod(str(uv), stat.S_IRUSR)
     assert m.integrity_problem(str(directory), "0.13.9").startswith("bin/uv --version failed: cannot run")
+
+
+def test_a_held_install_lock_times_out_naming_the_holder(tmp_path, dpkg):
+    import fcntl
+    import socket
+    (tmp_path / "root").mkdir()
+    fd = os.open(str(tmp_path / "root" / ".lockstep.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0,
+                                 "started": "earlier", "doing": "uv 0.13.9 install"}).encode())
+        result = m.run(archive_params(tmp_path, timeout=1), check_mode=False)
+    finally:
+        os.close(fd)
+    assert result["failed"] and result["msg"].startswith("%s is locked by " % (tmp_path / "root"))
+    assert result["msg"].endswith("waited 1s (timeout)") and str(os.getpid()) in result["msg"]
+    assert os.listdir(str(tmp_path / "root")) == [".lockstep.lock"]
