@@ -161,6 +161,21 @@ def hash_files(pairs, workers):
         pool.join()
 
 
+def record_findings(site_packages, name):
+    """``(dist, findings)`` for the distribution ``name`` alone (dist None when absent):
+    RECORD rows whose file is missing or differs (every file is read); a RECORD without hashes
+    is one finding."""
+    if importlib_metadata is None:
+        raise RuntimeError("importlib.metadata needs Python >= 3.8 on the host")
+    for dist in importlib_metadata.distributions(path=list(site_packages)):
+        if canonical_name(dist.metadata["Name"] or "") == canonical_name(name):
+            jobs = _record_jobs(dist)
+            if not jobs:
+                return dist, [{"path": "%s/RECORD" % _dist_info_dir(dist), "reason": "no hashes to verify"}]
+            return dist, sorted((f for _i, f in _check_batch(list(enumerate(jobs)))), key=lambda f: f["path"])
+    return None, []
+
+
 def _dist_info_dir(dist):
     # Distribution._path is private but the only stdlib way to name the metadata dir.
     path = getattr(dist, "_path", None)

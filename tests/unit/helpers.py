@@ -175,3 +175,41 @@ HYDRA_LAUNCHER = """#!/bin/sh
 n=$2; shift 2
 i=0; while [ $i -lt $n ]; do PMI_SIZE=$n "$@" & i=$((i+1)); done; wait
 """
+
+
+def make_tar(path, members):
+    """A gzip tarball at ``path`` (a pathlib.Path); returns its sha256.
+
+    ``members``: [(name, bytes)] for regular files (mode 0755), or (name, (kind, target)) with
+    kind symlink, hardlink, dir or fifo."""
+    import io
+    import tarfile
+
+    kinds = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "dir": tarfile.DIRTYPE, "fifo": tarfile.FIFOTYPE}
+    with tarfile.open(str(path), "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = kinds[data[0]], data[1] or ""
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o755
+                tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def doc_matches_spec(documentation, spec):
+    """A module's DOCUMENTATION options state exactly its ARGUMENT_SPEC (the action plugin
+    validates the task against the same spec)."""
+    import yaml
+
+    options = yaml.safe_load(documentation)["options"]
+    assert sorted(options) == sorted(spec)
+    for name, arg in spec.items():
+        doc = options[name]
+        assert doc.get("type", "str") == arg.get("type", "str"), name
+        assert doc.get("default") == arg.get("default"), name
+        assert doc.get("choices") == arg.get("choices"), name
+        assert doc.get("elements") == arg.get("elements"), name
+        assert bool(doc.get("required")) == bool(arg.get("required")), name
+        assert doc.get("description"), name

@@ -19,11 +19,13 @@ FILES = {
 def test_rhel_layout(flavor, packages):
     get = render("mpi", FILES["RedHat"], facts={"os_family": "RedHat"}, mpi_flavor=flavor)
     assert get("_mpi_package_list") == packages
-    assert get("_mpi_selection") == "environment"
     assert get("_mpi_alternatives") == []
     assert get("_mpi_bin_dir") == "/usr/lib64/%s/bin" % flavor
     assert get("_mpi_libdir") == "/usr/lib64/%s/lib" % flavor
     assert get("_mpi_module") == "mpi/%s-x86_64" % flavor
+    # The login profile mpi_select writes (the flavor lives off PATH on this family).
+    profile = get("_mpi_profile_content")
+    assert "module load mpi/%s-x86_64 " % flavor in profile and profile.endswith("fi\n")
     assert get("_mpi_abi_link") is False
     os_env = get("_mpi_os_env")
     assert os_env == {
@@ -32,7 +34,7 @@ def test_rhel_layout(flavor, packages):
         "MPI_LIB": "/usr/lib64/%s/lib" % flavor,
         "LD_LIBRARY_PATH": "/usr/lib64/%s/lib" % flavor,
     }
-    # What mpi_facts would hand the venv on such a host.
+    # What mpi_select would hand the venv on such a host.
     env = runtime_env(flavor, "x", "%s/%s" % (get("_mpi_libdir"), SONAMES[flavor]), os_env)
     assert env["MPI4PY_LIBMPI"] == "/usr/lib64/%s/lib/%s" % (flavor, SONAMES[flavor])
     assert env["MPI_BIN"] == "/usr/lib64/%s/bin" % flavor
@@ -50,7 +52,7 @@ def test_rhel_aarch64_module_name():
 def test_debian_layout(flavor, packages):
     get = render("mpi", FILES["Debian"], mpi_flavor=flavor)
     assert get("_mpi_package_list") == packages
-    assert get("_mpi_selection") == "alternatives"
+    assert get("_mpi_profile_content") == ""  # alternatives select the flavor
     assert get("_mpi_alternatives") == ["mpi", "mpirun", "mpi-x86_64-linux-gnu"]
     assert get("_mpi_libdir") == "/usr/lib/x86_64-linux-gnu"
     assert get("_mpi_bin_dir") == "/usr/bin"
@@ -68,8 +70,3 @@ def test_debian_aarch64_multiarch():
     get = render("mpi", FILES["Debian"], facts={"architecture": "aarch64"})
     assert get("_mpi_libdir") == "/usr/lib/aarch64-linux-gnu"
     assert get("_mpi_alternatives")[-1] == "mpi-aarch64-linux-gnu"
-
-
-def test_flavors_listed_for_the_error_message():
-    get = render("mpi", FILES["Debian"])
-    assert get("_mpi_flavors") == ["openmpi", "mpich"]

@@ -1,9 +1,11 @@
-"""roles/uv, roles/mpi, roles/venv: argument_specs match defaults exactly; uv and venv vars."""
+"""roles/uv, roles/mpi, roles/venv: argument_specs match defaults exactly; uv and mpi are one\nmodule task each; uv and venv vars."""
 
 import os
 
 import pytest
 import yaml
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_select, uv_install
 
 from _role_vars import ROLES, render
 
@@ -45,7 +47,6 @@ def test_uv_known_version_has_hashes():
     get = render("uv", UV_FILES)
     assert len(get("_uv_hashes")) > 5
     assert all(len(h) == 64 for h in get("_uv_hashes"))
-    assert get("_uv_dir") == "/opt/lockstep/uv/" + get("uv_version")
 
 
 def test_uv_unknown_version_needs_hashes():
@@ -53,18 +54,53 @@ def test_uv_unknown_version_needs_hashes():
     assert render("uv", UV_FILES, uv_version="9.9.9", uv_requirement_hashes=["a" * 64])("_uv_hashes") == ["a" * 64]
 
 
-def test_uv_archive_url_and_target():
-    get = render("uv", UV_FILES, facts={"architecture": "aarch64"}, uv_version="0.13.9")
-    assert get("_uv_archive_url") == (
-        "https://github.com/astral-sh/uv/releases/download/0.13.9/uv-aarch64-unknown-linux-gnu.tar.gz")
-    mirror = render("uv", UV_FILES, uv_archive_url="http://mirror/uv.tgz")
-    assert mirror("_uv_archive_url") == "http://mirror/uv.tgz"
+def _tasks(role):
+    return _yaml(role, "tasks/main.yml")
 
 
-def test_uv_pip_env_only_sets_what_is_given():
-    assert set(render("uv", UV_FILES)("_uv_pip_env")) == {"PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_INPUT"}
-    env = render("uv", UV_FILES, uv_ca_bundle="/etc/ssl/host-ca.crt", uv_pip_index_url="http://m/simple")("_uv_pip_env")
-    assert env["PIP_CERT"] == "/etc/ssl/host-ca.crt" and env["PIP_INDEX_URL"] == "http://m/simple"
+# role -> (its one module, the option of that module that its *_flavor/method choice feeds)
+ONE_TASK = {
+    "uv": ("lockstep.cluster.uv_install", uv_install.ARGUMENT_SPEC, {"uv_install_method": "method"}),
+    "mpi": ("lockstep.cluster.mpi_select", mpi_select.ARGUMENT_SPEC, {"mpi_flavor": "flavor"}),
+}
+
+
+@pytest.mark.parametrize("role", sorted(ONE_TASK))
+def test_role_is_vars_then_one_module_then_set_fact(role):
+    """One host round trip per role: include_vars and set_fact run on the controller."""
+    module, spec, _choices = ONE_TASK[role]
+    assert os.listdir(os.path.join(ROLES, role, "tasks")) == ["main.yml"]
+    tasks = _tasks(role)
+    actions = [next(k for k in task if "." in k and k not in ("ansible.builtin.when",)) for task in tasks]
+    assert actions == ["ansible.builtin.include_vars", module, "ansible.builtin.set_fact"]
+    args = tasks[1][module]
+    assert set(args) <= set(spec), set(args) - set(spec)
+    internal = {"remote_archive", "timeout", "profile_path"}
+    assert set(spec) - set(args) <= internal, set(spec) - set(args) - internal
+    assert not any("when" in task or "changed_when" in task or "failed_when" in task for task in tasks)
+
+
+@pytest.mark.parametrize("role", sorted(ONE_TASK))
+def test_role_choices_are_the_module_choices(role):
+    _module, spec, choices = ONE_TASK[role]
+    options = _yaml(role, "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+    for variable, option in choices.items():
+        assert options[variable]["choices"] == spec[option]["choices"]
+
+
+@pytest.mark.parametrize("role", sorted(ONE_TASK))
+def test_role_files_name_no_download_host(role):
+    for root, _dirs, names in os.walk(os.path.join(ROLES, role)):
+        for name in names:
+            with open(os.path.join(root, name)) as handle:
+                assert "://" not in handle.read(), os.path.join(root, name)
+
+
+def test_uv_role_passes_secrets_only_when_set():
+    args = _tasks("uv")[1]["lockstep.cluster.uv_install"]
+    for option in ("pip_index_url", "archive_url", "archive_src", "archive_sha256", "ca_bundle"):
+        assert "default(omit, true)" in args[option], option
+    assert uv_install.ARGUMENT_SPEC["pip_index_url"]["no_log"] and uv_install.ARGUMENT_SPEC["archive_url"]["no_log"]
 
 
 PYENV_FILES = ("defaults/main.yml", "vars/main.yml", "vars/Debian.yml")
