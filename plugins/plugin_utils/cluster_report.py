@@ -29,7 +29,7 @@ def build(hosts, results, smoke=None):
         verdict = smoke["verdict"]
     failed = set(the_gate["disagreements"])
     if verdict:
-        failed |= set(h for h, e in verdict["hosts"].items() if e["status"] != "ok")
+        failed |= set(h for h, e in verdict["hosts"].items() if e["status"] not in ("ok", "aborted"))
     passed = the_gate["passed"] and (verdict is None or verdict["passed"])
     return {
         "verdict": "pass" if passed else "fail",

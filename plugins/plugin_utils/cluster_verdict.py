@@ -22,6 +22,9 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import 
 
 CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host_key", "venv_missing",
           "import_error", "flavor_mismatch", "env_differs", "rank_missing", "rank_failed")
+# A host whose rank was fine as far as it got, in a launch another host's failure brought down.
+ABORTED = "aborted"
+_OWN_FAULTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed"])
 GATE_FIELDS = ("lock_sha256", "venv_path", "python", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
@@ -32,6 +35,9 @@ _NET = re.compile(r"Connection refused|Connection timed out|No route to host|Cou
                   r"Connection reset|port 22: ", re.I)
 # Where a launcher says which host an exec or ssh failure was on.
 _NAMED = (
+    re.compile(r"[Hh]ost key for (?P<host>\S+) has changed"),
+    re.compile(r"No \S+ host key is known for (?P<host>\S+) and"),
+    re.compile(r"\S+@(?P<host>\S+): Permission denied \("),
     re.compile(r"ssh: connect to host (?P<host>\S+) port \d+"),
     re.compile(r"ssh: Could not resolve hostname (?P<host>[^:\s]+)"),
     re.compile(r"Node:\s+(?P<host>\S+)"),
@@ -155,9 +161,11 @@ def launch_errors(smoke):
         for match in pattern.finditer(text):
             host = match.group("host").rstrip(":,.")
             context = text[max(0, match.start() - 400):match.end() + 200]
-            cause, line = ssh_cause(match.group(0)) if "ssh" in match.group(0) else (None, None)
+            whole = text[text.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0]
+            cause, line = ssh_cause(whole)
             if cause is None and re.search(r"execut|execvp|No such file", context):
-                cause, line = "venv_missing", match.group(0).strip()
+                said = re.search(r"[^\n]*(unable to launch|execvp error|could not access)[^\n]*", context)
+                cause, line = "venv_missing", (said.group(0) if said else whole).strip(" -")
             if cause:
                 found.setdefault(host, (cause, line))
     return found
@@ -215,6 +223,19 @@ def _launch_outlier(results, launcher, launch_host):
     return None
 
 
+def mark_aborted(hosts, launched, members, smoke):
+    """A failed launch takes every rank down: hosts that only lack a rank or MPI_Init while
+    another launched host has a fault of its own were aborted, not at fault."""
+    culprits = sorted(m["host"] for m in members if m["name"] in launched and hosts[m["host"]]["status"] in _OWN_FAULTS)
+    if not culprits or (smoke.get("returncode") == 0 and not smoke.get("timed_out")):
+        return
+    for m in members:
+        entry = hosts[m["host"]]
+        if m["name"] in launched and entry["status"] in ("rank_missing", "rank_failed"):
+            entry.update(status=ABORTED, message="%s; the launch was aborted because of %s" % (
+                entry["message"], ", ".join(culprits)))
+
+
 def smoke_verdict(members, results, smoke, launch_host):
     """Per host: ``{"status": "ok" | cause, "message", "ranks", "timings"}``, and the overall
     ``passed``. ``members``: ``[{"host", "name", "aliases"}]`` in play order (``name``: what the
@@ -263,8 +284,9 @@ def smoke_verdict(members, results, smoke, launch_host):
             elif smoke.get("timed_out"):
                 entry.update(status="rank_missing", message="no rank started before the launch timed out")
             else:
-                entry.update(status="rank_missing", message="no rank reported from %s (launcher exit %s)" % (
-                    name, smoke.get("returncode")))
+                blamed = sorted(h for h, (c, dummy) in named.items() if h != name)
+                entry.update(status="rank_missing", message="no rank reported from %s (launcher exit %s%s)" % (
+                    name, smoke.get("returncode"), "; the launch failed on %s" % ", ".join(blamed) if blamed else ""))
         else:
             for rank in ranks:
                 cause, message = judge_rank(rank, results[host], launcher, expected)
@@ -278,6 +300,7 @@ def smoke_verdict(members, results, smoke, launch_host):
             else:
                 if len(ranks) != 1 and expected:
                     entry.update(status="rank_failed", message="%d ranks on this host, expected 1" % len(ranks))
+    mark_aborted(out["hosts"], launched, members, smoke)
     for host, entry in out["hosts"].items():
         if entry["status"] != "ok":
             out["problems"].append("%s: %s: %s" % (host, entry["status"], entry["message"]))

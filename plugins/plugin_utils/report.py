@@ -254,7 +254,8 @@ def write(directory, run_id, hosts, results, lock=None, cluster=None):
         with open(path, "w") as handle:
             handle.write(report[key])
         files.append(path)
-    files.append(cluster_report.write_json(target, report["cluster"], cluster))
+    if cluster is not None:  # what the launching host saw, when the cluster smoke test ran
+        files.append(cluster_report.write_json(target, report["cluster"], cluster))
     # reports/latest -> the newest run, for people and CI steps that do not know the run id.
     latest = os.path.join(directory, "latest")
     if os.path.islink(latest) or not os.path.exists(latest):
