@@ -49,9 +49,10 @@ class ActionModule(ActionBase):
             # Templating the registered dict gives plain data to serialize.
             results[host] = self._templar.template(value) if value is not None else None
         lock = next((r["lock"] for r in results.values() if r and r.get("lock")), None)
-        # run_once registers the cluster smoke result on every host: any host has it.
-        cluster = next((hostvars[h].get(args["cluster_var"]) for h in args["hosts"]
-                        if h in hostvars and hostvars[h].get(args["cluster_var"]) is not None), None)
+        # The launching host's registered cluster smoke result; the others skipped the task.
+        registered = [hostvars[h].get(args["cluster_var"]) for h in args["hosts"]
+                      if h in hostvars and hostvars[h].get(args["cluster_var"]) is not None]
+        cluster = next((r for r in registered if not r.get("skipped")), registered[0] if registered else None)
         cluster = self._templar.template(cluster) if cluster is not None else None
         try:
             built = report.write(os.path.abspath(args["dest"]), args["run_id"], args["hosts"], results, lock, cluster)

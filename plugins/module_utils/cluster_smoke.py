@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import tempfile
@@ -148,22 +149,41 @@ def as_user(argv, user):
     return ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--init-groups", "--"] + list(argv)
 
 
-def ssh_check(host, user, env, timeout):
-    """One BatchMode ``ssh host true`` as ``user``: ``{"ok", "rc", "seconds", "error"}``."""
-    argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host, "true"], user)
+# The daemon a launcher starts on every other host over SSH (Open MPI 4 / 5, MPICH's Hydra).
+DAEMONS = {"openmpi": ("orted", "prted"), "mpich": ("hydra_pmi_proxy",)}
+NO_DAEMON = 3
+
+
+def daemon_probe(flavor, launcher_dir):
+    """Remote shell code: exit 0 when the launcher's daemon is on the non-interactive PATH or
+    beside the launcher (RHEL keeps MPI off PATH), else NO_DAEMON."""
+    names = DAEMONS.get(flavor)
+    if not names:
+        return "true"
+    return "for d in %s; do command -v $d >/dev/null 2>&1 && exit 0; [ -x %s/$d ] && exit 0; done; exit %d" % (
+        " ".join(names), shlex.quote(launcher_dir), NO_DAEMON)
+
+
+def ssh_check(host, user, env, timeout, command="true", flavor=None):
+    """One BatchMode ``ssh host <command>`` as ``user``: ``{"ok", "rc", "seconds", "error"}``
+    (and ``cause`` when SSH worked but the launcher's daemon is missing there)."""
+    argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host, command], user)
     result = proc.run(argv, env, timeout + 5)
     entry = {"ok": result.rc == 0, "rc": result.rc, "seconds": result.seconds}
-    if result.rc != 0:
+    if result.rc == NO_DAEMON:
+        entry["cause"] = "flavor_mismatch"
+        entry["error"] = "no %s (the %s launcher's daemon) on %s" % ("/".join(DAEMONS[flavor]), flavor, host)
+    elif result.rc != 0:
         entry["error"] = proc.tail(result.err, 4) or proc.describe(result, "ssh %s" % host, timeout + 5)
     return entry
 
 
-def preflight(hosts, user, env, timeout):
+def preflight(hosts, user, env, timeout, command="true", flavor=None):
     """ssh_check for every host, in parallel."""
     found = {}
 
     def check(host):
-        found[host] = ssh_check(host, user, env, timeout)
+        found[host] = ssh_check(host, user, env, timeout, command, flavor)
 
     threads = [threading.Thread(target=check, args=(h,)) for h in hosts]
     for thread in threads:
@@ -294,7 +314,9 @@ def run(params, base_env):
     # The launcher starts its own host's rank without SSH: no login to itself is needed.
     me = own_name(params["hostfile"])
     remote = [n for n, dummy in chosen if n != me]
-    out["preflight"] = preflight(remote, user, env, params["ssh_timeout"]) if params["preflight"] else {}
+    probe = daemon_probe(launcher.get("flavor"), os.path.dirname(launcher.get("realpath") or "/usr/bin"))
+    out["preflight"] = preflight(remote, user, env, params["ssh_timeout"], probe, launcher.get("flavor")) \
+        if params["preflight"] else {}
     launch = [(n, line) for n, line in chosen if out["preflight"].get(n, {"ok": True})["ok"]]
     out["launched_hosts"] = [n for n, dummy in launch]
     if not os.access(python, os.X_OK):

@@ -125,9 +125,20 @@ def env_differences(rank, result):
     out = []
     for field in own:
         if own[field] is not None and seen[field] != own[field]:
-            shown = (lambda v: (v or "none")[:12]) if field == "packages" else (lambda v: (v or "none").splitlines()[0][:80])
-            out.append("%s: rank has %s, the host reported %s" % (field, shown(seen[field]), shown(own[field])))
+            out.append("%s: rank has %s, the host reported %s" % (field, _shown(field, seen[field]), _shown(field, own[field])))
     return out
+
+
+def _shown(field, value):
+    if value is None:
+        return "none"
+    if field == "packages":
+        return "sha256 " + value[:12]
+    if field == "library":
+        flavor, version = parse_library_version(value)
+        if flavor:
+            return _flavor_text(flavor, version)
+    return value.splitlines()[0][:80]
 
 
 def _flavor_text(flavor, version):
@@ -268,6 +279,9 @@ def smoke_verdict(members, results, smoke, launch_host):
             entry.update(status="unreachable", message="not checked: the controller could not reach it or its check failed")
         elif name in missing_in_file:
             entry.update(status="not_in_hostfile", message="%s is not in the hostfile %s" % (name, smoke.get("hostfile")))
+        elif name in pre and pre[name].get("cause") == "flavor_mismatch":
+            entry.update(status="flavor_mismatch", message="%s, so the launcher on %s (%s) cannot start ranks there" % (
+                pre[name].get("error"), launch_host, _flavor_text(launcher.get("flavor"), launcher.get("version"))))
         elif name in pre and not pre[name].get("ok"):
             cause, line = ssh_cause(pre[name].get("error"))
             entry.update(status=cause or "ssh_unreachable", message="ssh from %s as %s: %s" % (

@@ -61,6 +61,26 @@ def test_each_recorded_failure_names_lab3_and_its_cause(case, cause, words):
             assert "because of lab-3" in verdict["hosts"][host]["message"]
 
 
+def test_host_switched_to_mpich_launched_from_an_open_mpi_host_differs_from_its_own_report():
+    # lab-3 re-provisioned with MPICH: launched from lab-1, the forwarded venv environment
+    # makes its rank load Open MPI (still installed), unlike lab-3's own report.
+    verdict = judge(load("flavor-env"))
+    assert statuses(verdict) == {"lab-1": "ok", "lab-2": "ok", "lab-3": "env_differs"}
+    assert "library: rank has openmpi 4.1.4, the host reported mpich 4.0.2" in verdict["hosts"]["lab-3"]["message"]
+
+
+def test_mpich_launcher_finds_no_hydra_proxy_on_open_mpi_hosts():
+    verdict = judge(load("flavor-daemon"))
+    assert set(statuses(verdict).values()) == {"flavor_mismatch"}
+    assert "no hydra_pmi_proxy" in verdict["hosts"]["lab-1"]["message"]
+    assert "the launcher on lab-3 is mpich 4.0.2 while 2 host(s) run openmpi" in verdict["hosts"]["lab-3"]["message"]
+
+
+def test_launch_from_the_odd_host_that_hung_blames_it_and_aborts_the_others():
+    verdict = judge(load("flavor-outlier"))
+    assert statuses(verdict) == {"lab-1": "aborted", "lab-2": "aborted", "lab-3": "flavor_mismatch"}
+
+
 def test_preflight_keeps_the_broken_host_out_and_the_others_launch():
     verdict = judge(load("sshdown"))
     assert statuses(verdict) == {"lab-1": "ok", "lab-2": "ok", "lab-3": "ssh_unreachable"}
