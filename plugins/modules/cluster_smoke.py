@@ -16,9 +16,10 @@ version_added: 0.2.0
 description:
   - Run once, on one member (the launching host), after M(lockstep.cluster.env_drift) ran on
     every member. Read-only on every host.
-  - First one BatchMode C(ssh <host> true) per other member, in parallel, as O(user): a host
-    SSH cannot reach, that refuses the login or whose host key does not match is named with
-    that cause and left out of the launch.
+  - First one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
+    looks for the launcher's daemon there (C(orted)/C(prted) or C(hydra_pmi_proxy)). A host
+    SSH cannot reach, that refuses the login, whose host key does not match or that lacks the
+    daemon is named with that cause and left out of the launch.
   - "Then one C(mpiexec) across the remaining members, as O(user) (privileges dropped with
     C(setpriv)), with O(hostfile) (only its lines of the launched hosts) and the venv's own
     C(<venv>/bin/python) on every rank, one rank per host. Open MPI: C(--hostfile),
