@@ -43,6 +43,9 @@ class ActionModule(ActionBase):
         members = describe_members(args["members"], hostvars)
         results = {}
         for m in members:
+            if not args["result_var"]:  # nothing to compare with: launch on every member
+                results[m["host"]] = {"status": "ok"}
+                continue
             value = (hostvars.get(m["host"]) or {}).get(args["result_var"])
             value = self._templar.template(value) if value is not None else None
             results[m["host"]] = value if checked(value) else None

@@ -292,6 +292,7 @@ def private_hostfile(entries, user):
 
 def run(params, base_env):
     """Everything the controller needs to judge the launch (see the module's RETURN)."""
+    begun = time.time()
     try:
         user = pwd.getpwnam(params["user"])
     except KeyError:
@@ -359,4 +360,5 @@ def run(params, base_env):
     out["expected_ranks"] = len(launch)
     if result.timed_out or result.rc != 0:
         out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me)
+    out["total_seconds"] = round(time.time() - begun, 3)
     return out

@@ -59,7 +59,10 @@ options:
     elements: str
     required: true
   result_var:
-    description: Variable each member registered its M(lockstep.cluster.env_drift) result in.
+    description:
+      - Variable each member registered its M(lockstep.cluster.env_drift) result in. Members
+        without a result there (unreachable, failed) are not launched on.
+      - Empty to launch on every member without comparing the ranks with their hosts' reports.
     type: str
     default: _validate_result
   venv:

@@ -222,8 +222,8 @@ def _timings(pre, ranks):
 def _launch_outlier(results, launcher, launch_host):
     """When the launching host's launcher is of another flavor than most hosts', it is the one
     to blame, not the ranks that loaded the others' MPI."""
-    flavors = Counter(((results[h].get("mpi") or {}).get("launcher") or {}).get("flavor")
-                      for h in results if results[h])
+    flavors = Counter(f for f in (((results[h].get("mpi") or {}).get("launcher") or {}).get("flavor")
+                                  for h in results if results[h]) if f)
     mine = launcher.get("flavor")
     if not flavors or not mine:
         return None

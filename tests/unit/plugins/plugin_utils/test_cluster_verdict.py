@@ -140,6 +140,13 @@ def test_the_launching_host_is_blamed_when_its_launcher_is_the_odd_one():
     assert "launcher on lab-1 is openmpi 4.1.4 while 2 host(s) run mpich" in verdict["hosts"]["lab-1"]["message"]
 
 
+def test_without_own_reports_the_launch_alone_is_judged():
+    case = load("ok")
+    results = dict((h, {"status": "ok"}) for h in case["results"])
+    verdict = cv.smoke_verdict(case["members"], results, case["smoke"], "lab-1")
+    assert verdict["passed"] and set(statuses(verdict).values()) == {"ok"}
+
+
 def test_host_the_controller_never_reached_is_unreachable_not_ok():
     case = load("ok")
     case["results"]["lab-3"] = None
