@@ -24,7 +24,8 @@ CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host
           "import_error", "flavor_mismatch", "env_differs", "rank_missing", "rank_failed")
 # A host whose rank was fine as far as it got, in a launch another host's failure brought down.
 ABORTED = "aborted"
-_OWN_FAULTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed"])
+# Faults that bring a whole launch down (a rank whose environment differs still runs).
+_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "not_in_hostfile"])
 GATE_FIELDS = ("lock_sha256", "venv_path", "python", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
@@ -236,13 +237,21 @@ def _launch_outlier(results, launcher, launch_host):
 
 def mark_aborted(hosts, launched, members, smoke):
     """A failed launch takes every rank down: hosts that only lack a rank or MPI_Init while
-    another launched host has a fault of its own were aborted, not at fault."""
-    culprits = sorted(m["host"] for m in members if m["name"] in launched and hosts[m["host"]]["status"] in _OWN_FAULTS)
-    if not culprits or (smoke.get("returncode") == 0 and not smoke.get("timed_out")):
+    another launched host has a fault that aborts a launch were aborted, not at fault. In a
+    launch that timed out, ranks wait in MPI_Init for the hosts whose rank never started."""
+    if smoke.get("returncode") == 0 and not smoke.get("timed_out"):
         return
-    for m in members:
+    mine = [m for m in members if m["name"] in launched]
+    culprits = sorted(m["host"] for m in mine if hosts[m["host"]]["status"] in _ABORTS)
+    victims = ("rank_missing", "rank_failed")
+    if not culprits and smoke.get("timed_out"):
+        culprits = sorted(m["host"] for m in mine if hosts[m["host"]]["status"] == "rank_missing")
+        victims = ("rank_failed",)
+    if not culprits:
+        return
+    for m in mine:
         entry = hosts[m["host"]]
-        if m["name"] in launched and entry["status"] in ("rank_missing", "rank_failed"):
+        if m["host"] not in culprits and entry["status"] in victims:
             entry.update(status=ABORTED, message="%s; the launch was aborted because of %s" % (
                 entry["message"], ", ".join(culprits)))
 
