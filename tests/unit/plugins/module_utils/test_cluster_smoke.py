@@ -141,3 +141,87 @@ def test_a_group_ignoring_sigterm_is_killed_after_the_grace():
     except IOError:
         state = "gone"
     assert state in ("gone", "Z")
+
+
+FAKE_LAUNCHER = """#!%(python)s
+# Stands in for Open MPI's mpiexec on one host: --version, or one local rank of the command.
+import os, sys, time
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("mpiexec (OpenRTE) 4.1.4")
+    sys.exit(0)
+if os.environ.get("FAKE_HANG"):
+    time.sleep(120)
+at = args.index("-c")
+os.environ.update(OMPI_COMM_WORLD_SIZE="1", OMPI_COMM_WORLD_RANK="0")
+os.execv(args[at - 1], args[at - 1:])
+"""
+
+
+def fake_cluster(tmp_path):
+    """A venv whose python is this interpreter, a stand-in mpi4py and launcher, a one-host hostfile."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, str(venv / "bin" / "python"))
+    launcher = tmp_path / "mpiexec"
+    launcher.write_text(FAKE_LAUNCHER % {"python": sys.executable})
+    launcher.chmod(0o755)
+    site = tmp_path / "site" / "mpi4py"
+    site.mkdir(parents=True)
+    for name, text in FAKE_MPI4PY.items():
+        (site / name).write_text(text)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hostfile").write_text("# one host\nme slots=1\n")
+    (etc / "cluster.json").write_text(json.dumps({"host": "me", "name": "me"}))
+    import pwd
+    return {"venv": str(venv), "user": pwd.getpwuid(os.geteuid()).pw_name, "hostfile": str(etc / "hostfile"),
+            "hosts": ["me"], "launcher": str(launcher), "env_file": None, "preflight": True, "ssh_timeout": 5,
+            "timeout": 30, "grace": 2, "environment": {"PYTHONPATH": str(tmp_path / "site")}}
+
+
+def test_run_launches_the_venv_python_and_collects_the_ranks(tmp_path):
+    out = cs.run(fake_cluster(tmp_path), dict(os.environ))
+    assert out["launcher"]["flavor"] == "openmpi" and out["launched_hosts"] == ["me"]
+    # The launching host needs no SSH to itself.
+    assert out["preflight"] == {} and out["returncode"] == 0 and out["expected_ranks"] == 1
+    assert [sorted(r) for r in out["ranks"]] == [["done", "id", "init"]]
+    assert out["ranks"][0]["id"]["member"] == "me"
+    assert "--hostfile" in out["command"] and "-x" in out["command"] and "PYTHONPATH" in out["command"]
+    assert out["total_seconds"] >= out["seconds"]
+
+
+def test_run_names_hosts_missing_from_the_hostfile_and_a_missing_venv(tmp_path):
+    params = dict(fake_cluster(tmp_path), hosts=["me", "ghost"])
+    assert cs.run(params, dict(os.environ))["not_in_hostfile"] == ["ghost"]
+    params = dict(fake_cluster(tmp_path / "x"), venv=str(tmp_path / "nowhere"))
+    out = cs.run(params, dict(os.environ))
+    assert out["stage"] == "venv" and "nowhere/bin/python" in out["error"]
+
+
+def test_run_stops_a_hanging_launch_and_sweeps_its_ranks(tmp_path):
+    params = dict(fake_cluster(tmp_path), timeout=2, grace=1, environment={"FAKE_HANG": "1"})
+    start = time.time()
+    out = cs.run(params, dict(os.environ))
+    assert out["timed_out"] and out["returncode"] is None and time.time() - start < 20
+    assert out["stragglers"] == {}  # the group was killed: nothing of this launch is left
+
+
+def test_stragglers_are_found_by_the_launch_token_and_killed_by_pid():
+    import pwd
+    user = pwd.getpwuid(os.geteuid())
+    token = "lockstep-smoke-%d" % os.getpid()
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", token], start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lockstep-smoke-other"],
+                             start_new_session=True)
+    try:
+        time.sleep(0.3)
+        found = cs.stragglers(["me"], user, dict(os.environ), token, 5, me="me")
+        assert found == {"me": [rank.pid]}
+        assert rank.wait(timeout=10) == -9
+        assert other.poll() is None  # another launch's process is left alone
+    finally:
+        for proc_ in (rank, other):
+            if proc_.poll() is None:
+                proc_.kill()
+                proc_.wait()

@@ -97,6 +97,15 @@ def test_missing_rank():
     assert "no rank reported from lab-2" in verdict["hosts"]["lab-2"]["message"]
 
 
+def test_hanging_rank_recorded_on_the_lab_is_missing_and_the_others_wait_for_it():
+    # lab-2's Python hung before the rank script ran (a sitecustomize that sleeps): the launch
+    # timed out after 15 s, the others sat in MPI_Init waiting for it.
+    verdict = judge(load("hang"))
+    assert statuses(verdict) == {"lab-1": "aborted", "lab-2": "rank_missing", "lab-3": "aborted"}
+    assert "because of lab-2" in verdict["hosts"]["lab-1"]["message"]
+    assert load("hang")["smoke"]["stragglers"] == {}
+
+
 def test_timed_out_rank_is_missing():
     case = load("ok")
     case["smoke"]["ranks"] = [r for r in case["smoke"]["ranks"] if r["id"]["hostname"] != "lab-3"]
