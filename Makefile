@@ -9,7 +9,7 @@ VENV      := $(ROOT)/.venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.synced
 COLL      := $(ROOT)/.cache/ansible_collections/lockstep/cluster
-SCENARIOS ?= default mpich debian13 drift cluster
+SCENARIOS ?= default mpich debian13 drift faults airgap cluster
 
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF ?= $(ROOT)/lab/containers.conf
@@ -19,7 +19,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
 .PHONY: help host-deps venv requirements images lab-up lab-down demo drift test unit lint sanity \
-        build molecule molecule-full lock lock-check bench clean
+        build molecule molecule-full lock lock-check lock-pylock bench clean ee-check
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,7 +59,7 @@ demo: lab-up ## site.yml against the local lab, then show the report
 drift: venv ## audit the lab against the lock (changes nothing; non-zero on drift)
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/drift.yml -e validate_fail_on_drift=true
 
-test: host-deps venv images unit lint sanity build molecule ## every gate: unit, lint, sanity, build, molecule
+test: host-deps venv images unit lint sanity build ee-check molecule ## every gate: unit, lint, sanity, build, EE, molecule
 
 unit: venv ## pytest for module_utils and plugins
 	pytest tests/unit -q
@@ -79,6 +79,16 @@ build: venv ## ansible-galaxy collection build
 	  || { echo "build: tarball carries test/dev files" >&2; exit 1; }
 	@echo "build: $$(ls .cache/build/*.tar.gz)"
 
+# The image build needs a registry for its base image: only the context is made and checked.
+ee-check: venv ## ansible-builder create: the execution environment build context in .cache/ee
+	rm -rf .cache/ee
+	ansible-builder create --file meta/execution-environment.yml --context .cache/ee
+	@test -s .cache/ee/Containerfile || { echo "ee-check: no Containerfile" >&2; exit 1; }
+	@grep -q '^ARG EE_BASE_IMAGE=' .cache/ee/Containerfile || { echo "ee-check: base image is not a build arg" >&2; exit 1; }
+	@grep -q '^packaging' .cache/ee/_build/requirements.txt || { echo "ee-check: packaging missing from the context" >&2; exit 1; }
+	@grep -q 'openssh' .cache/ee/_build/bindep.txt || { echo "ee-check: bindep file missing from the context" >&2; exit 1; }
+	@echo "ee-check: build context in .cache/ee"
+
 molecule: host-deps venv images ## all molecule scenarios, one after another
 	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
 
@@ -87,6 +97,9 @@ molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on C
 
 lock: venv ## regenerate lockfiles/*.txt from their .in
 	scripts/lock.sh lock
+
+lock-pylock: venv ## write lockfiles/pylock.<name>.toml, the PEP 751 twin of each lock (not committed)
+	scripts/lock.sh pylock
 
 lock-check: venv ## fail when a committed lock is not current
 	scripts/lock.sh check

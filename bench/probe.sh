@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Probe time per host (no MPI launch) vs `uv pip sync --check` vs `pip list` + `pip check`,
-# on the same ~100-package venv (bench/probe-lock.txt, built once under bench/results/).
+# and the manifest's full re-hash vs sha256sum, on the same ~100-package venv
+# (bench/probe-lock.txt, built once under bench/results/).
 # Usage: bench/probe.sh [runs]   -> bench/results/probe.md and probe.json
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,6 +12,7 @@ venv=$here/results/venv
 piptool=$here/results/piptool # pip lives outside the measured venv (uv venvs have none)
 mkdir -p "$here/results"
 if [ ! -x "$venv/bin/python" ]; then
+  rm -f "$venv.manifest.json" # probe_bench.py seals the new venv, as the venv role does
   "$uv" venv -q --python "$python" "$venv"
   # Copied, not hardlinked: as the venv role builds venvs (venv_link_mode: copy).
   "$uv" pip sync -q --require-hashes --link-mode copy --python "$venv/bin/python" "$here/probe-lock.txt"

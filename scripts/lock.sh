@@ -5,6 +5,9 @@
 #                                       UV-ARGS say otherwise (--upgrade, -P numpy, ...)
 #   scripts/lock.sh check               recompile each lock the same way into a temp file and
 #                                       diff: exit 1 if any lock is not current
+#   scripts/lock.sh pylock              write lockfiles/pylock.NAME.toml (PEP 751), the twin of
+#                                       each committed NAME.txt: the same pins and hashes, plus
+#                                       each file's index URL (so it is not committed: .gitignore)
 #
 # Pins are kept by seeding uv's output file with the committed lock WITHOUT its hashes: uv
 # prefers the versions it finds there, and re-reads hashes from the index. (Seeded with the
@@ -31,10 +34,10 @@ cd "$(dirname "$0")/.."
 mode=${1:-}
 [ $# -gt 0 ] && shift
 case $mode in
-  lock | check) ;;
-  *) echo "usage: $0 lock [UV-ARGS...] | check" >&2; exit 2 ;;
+  lock | check | pylock) ;;
+  *) echo "usage: $0 lock [UV-ARGS...] | check | pylock" >&2; exit 2 ;;
 esac
-[ "$mode" = check ] && [ $# -gt 0 ] && { echo "lock.sh: check takes no arguments" >&2; exit 2; }
+[ "$mode" != lock ] && [ $# -gt 0 ] && { echo "lock.sh: $mode takes no arguments" >&2; exit 2; }
 
 if [ -n "${UV:-}" ]; then
   uv=$UV
@@ -54,15 +57,13 @@ common=(--generate-hashes)
 index=()
 [ -n "${LOCKSTEP_INDEX_URL:-}" ] && index=(--index-url "$LOCKSTEP_INDEX_URL")
 
-# compile IN OUT HEADER_OUT [UV-ARGS...]: resolve IN into OUT; the header names HEADER_OUT.
-compile() {
-  local in=$1 out=$2 header_out=$3
-  shift 3
-  local flags_line
+# read_flags IN: the uv flags of IN's "# lock-flags:" line into the array `flags`.
+read_flags() {
+  local in=$1 flags_line word
   flags_line=$(sed -n 's/^# lock-flags:[[:space:]]*//p' "$in")
   [ -n "$flags_line" ] || { echo "lock.sh: $in has no '# lock-flags:' line" >&2; return 1; }
-  local -a words flags=()
-  local word
+  local -a words
+  flags=()
   read -r -a words <<<"$flags_line"
   for word in "${words[@]}"; do
     # shellcheck disable=SC2016 # the literal token, not its value
@@ -72,10 +73,26 @@ compile() {
     fi
     flags+=("$word")
   done
+}
+
+# compile IN OUT HEADER_OUT [UV-ARGS...]: resolve IN into OUT; the header names HEADER_OUT.
+compile() {
+  local in=$1 out=$2 header_out=$3
+  shift 3
+  local -a flags
+  read_flags "$in" || return 1
   local -a args=(pip compile "${flags[@]}" "${common[@]}" "$in")
   local header
   header="uv$(printf ' %q' "${args[@]}" -o "$header_out")"
   "$uv" --no-config "${args[@]}" "${index[@]}" -o "$out" --custom-compile-command "$header" --quiet --no-progress "$@"
+}
+
+# pylock_twin IN TXT OUT: the PEP 751 twin of the committed TXT (its pins, uv adds the URLs).
+pylock_twin() {
+  local in=$1 txt=$2 out=$3
+  local -a flags
+  read_flags "$in" || return 1
+  "$uv" --no-config pip compile "${flags[@]}" --no-deps "${index[@]}" "$txt" -o "$out" --quiet --no-progress
 }
 
 shopt -s nullglob
@@ -87,6 +104,17 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for in in "${ins[@]}"; do
   txt=${in%.in}.txt
+  if [ "$mode" = pylock ]; then
+    # The committed lock is the input: --no-deps keeps exactly its pins, uv adds the URLs.
+    pylock=lockfiles/pylock.$(basename "${in%.in}").toml
+    if pylock_twin "$in" "$txt" "$tmp/pylock.toml"; then
+      mv "$tmp/pylock.toml" "$pylock"
+      echo "lock.sh: $pylock ($(grep -c '^\[\[packages\]\]' "$pylock") packages)"
+    else
+      status=1
+    fi
+    continue
+  fi
   out=$tmp/$(basename "$txt")
   if [ -f "$txt" ]; then
     sed -E '/^[[:space:]]+--hash=/d; s/[[:space:]]*\\$//' "$txt" >"$out"

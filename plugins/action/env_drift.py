@@ -41,7 +41,8 @@ class ActionModule(ActionBase):
             facts.pop(key, None)
 
         try:
-            report = evaluate(lock, facts, ignore=args["ignore_packages"], uv_version=args["uv_version"])
+            report = evaluate(lock, facts, ignore=args["ignore_packages"], uv_version=args["uv_version"],
+                              smoke_test=args["smoke_test"])
         except LockError as exc:  # markers that cannot be evaluated, or two pins apply
             raise AnsibleActionFail("lock does not fit this host: %s" % to_native(exc))
         result.update(facts)

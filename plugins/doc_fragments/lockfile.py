@@ -15,7 +15,10 @@ options:
   lockfile:
     description:
       - Path of the lock on the B(controller), a hash-pinned C(requirements.txt) from
-        C(uv pip compile --generate-hashes). It is parsed there with C(packaging).
+        C(uv pip compile --generate-hashes), or a PEP 751 lock named C(pylock.toml) or
+        C(pylock.<name>.toml) (C(uv pip compile -o pylock.NAME.toml), C(uv export --format pylock.toml)).
+        It is parsed there with C(packaging) (C(packaging.pylock) for PEP 751); the same policy
+        and drift rules apply to both.
       - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
         role's C(files/), the playbook directory and its C(files/)), then in the current directory,
         by the same rule in M(lockstep.cluster.uv_sync), M(lockstep.cluster.env_drift) and

@@ -15,9 +15,12 @@ options:
   index_url:
     description:
       - Package index URL. Unset, uv uses its own default index (or the C(--index-url) in the lock).
+      - May carry credentials (C(https://user:TOKEN@index.example/simple), from Ansible Vault or
+        C(lookup('env', ...))). They reach uv through its environment (C(UV_DEFAULT_INDEX)), never
+        its command line, and are masked in results, errors and uv's output.
     type: str
   extra_index_urls:
-    description: Extra package index URLs.
+    description: Extra package index URLs (given to uv as C(UV_INDEX)); credentials are handled like O(index_url)'s.
     type: list
     elements: str
     default: []

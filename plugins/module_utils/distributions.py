@@ -75,17 +75,10 @@ def _record_digest(value):
 def _check_file(job):
     """One RECORD row against the disk: None when it matches, else a finding dict.
 
-    ``since`` (ns) skips the hash of a file whose inode has not changed since its RECORD was
-    written: any write, rename onto it, chmod or new link moves ctime, which cannot be set back.
+    Every file is read: nothing in a venv tells when RECORD was written that its writer
+    cannot set (a venv with a manifest is checked against that instead, module_utils.manifest).
     """
-    path, rel, algo, expected, size, since = job
-    if since is not None:
-        try:
-            st = os.stat(path)
-        except (IOError, OSError):
-            st = None  # reported below, with the reason
-        if st is not None and st.st_ctime_ns < since and (size is None or st.st_size == size):
-            return None
+    path, rel, algo, expected, size = job
     digest = hashlib.new(algo)
     actual_size = 0
     # os.read on a raw fd: the cheapest loop per file, and most files are small.
@@ -116,7 +109,7 @@ def _check_file(job):
     return finding
 
 
-def _record_jobs(dist, rehash_all=True):
+def _record_jobs(dist):
     """Hashed RECORD rows of a distribution as hashing jobs (rows without a hash, e.g.
     RECORD itself or bytecode written after install, cannot be verified and are skipped).
 
@@ -127,12 +120,6 @@ def _record_jobs(dist, rehash_all=True):
     if not text:
         return []
     base = str(dist.locate_file(""))
-    since = None
-    if not rehash_all:
-        try:
-            since = os.stat(os.path.join(base, _dist_info_dir(dist) or "", "RECORD")).st_ctime_ns
-        except (IOError, OSError):
-            since = None
     jobs = []
     for row in csv.reader(text.splitlines()):
         if len(row) < 2 or not row[1]:
@@ -141,7 +128,7 @@ def _record_jobs(dist, rehash_all=True):
         if algo is None:
             continue
         size = int(row[2]) if len(row) > 2 and row[2].isdigit() else None
-        jobs.append((os.path.normpath(os.path.join(base, row[0])), row[0], algo, expected, size, since))
+        jobs.append((os.path.normpath(os.path.join(base, row[0])), row[0], algo, expected, size))
     return jobs
 
 
@@ -180,15 +167,13 @@ def _dist_info_dir(dist):
     return os.path.basename(str(path)) if path is not None else None
 
 
-def installed_distributions(site_packages, verify_files=True, workers=_HASH_WORKERS, rehash_all=True):
+def installed_distributions(site_packages, verify_files=True, workers=_HASH_WORKERS):
     """Distributions found in ``site_packages`` (list of dirs), sorted by name.
 
     Each item: name (as in METADATA), version, installer, metadata dir and, when
     ``verify_files``, ``record`` (whether a RECORD with hashes exists), ``files`` (hashed rows)
     and ``tampered``: RECORD rows whose file is missing or whose digest differs, or the
     RECORD itself when it has no hashes (``record`` and ``files`` are None otherwise).
-    Without ``rehash_all``, a file whose ctime is not newer than its RECORD's (and whose size
-    matches) is taken as installed and not read (see ``_check_file``).
     """
     if importlib_metadata is None:
         raise RuntimeError("importlib.metadata needs Python >= 3.8 on the host")
@@ -199,7 +184,7 @@ def installed_distributions(site_packages, verify_files=True, workers=_HASH_WORK
             continue
         installer = dist.read_text("INSTALLER")
         # Parsing RECORD costs as much as the rest of the listing: only when hashing.
-        jobs = _record_jobs(dist, rehash_all) if verify_files else []
+        jobs = _record_jobs(dist) if verify_files else []
         dists.append(
             {
                 "name": name,

@@ -14,7 +14,7 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, mpi_probe, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, manifest, mpi_probe, proc, store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import MPI_WHEELS
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
 
@@ -50,14 +50,65 @@ def find_uv(env, explicit=None):
 
 def uv_facts(env, explicit, pyvenv_cfg, timeout):
     path = find_uv(env, explicit)
-    line = proc.first_line(proc.run([path, "--version"], env, timeout)) if path else None
-    match = re.match(r"uv\s+(\S+)", line or "")
-    return {
+    facts = {
         "path": path,
-        "version": match.group(1) if match else None,
+        "version": None,
         # uv records itself in pyvenv.cfg: which uv created this venv.
         "venv_created_by": pyvenv_cfg.get("uv"),
     }
+    if path and os.path.lexists(path):
+        result = proc.run([path, "--version"], env, timeout)
+        match = re.match(r"uv\s+(\S+)", proc.first_line(result) or "")
+        if match:
+            facts["version"] = match.group(1)
+        else:
+            # A uv that is there but does not run (or prints something else) is broken, not absent.
+            described = proc.describe(result, "%s --version" % path, timeout)
+            output = proc.tail((result.out or "") + (result.err or ""), 2).replace("\n", " | ")
+            facts["error"] = described if output in described else "%s: %s" % (described, output or "no output")
+    return facts
+
+
+def integrity_facts(venv_real, site_packages, params):
+    """``(integrity, distributions)``: the venv against its manifest (lockstep venvs), or
+    against each wheel's RECORD (a venv lockstep did not build: there is no manifest).
+
+    A venv counts as lockstep's when anything the store keeps says so (its manifest, its
+    ``lockstep.json``, the store lock beside it): then a manifest that is missing or
+    unreadable is a failure, never a fallback to the weaker check.
+    """
+    if not params["verify_files"]:
+        return {"method": "off"}, distributions.installed_distributions(site_packages, verify_files=False)
+    location = manifest.location(venv_real)
+    marks = (location, os.path.join(venv_real, store_fs.META_FILE),
+             os.path.join(os.path.dirname(venv_real), store_fs.STORE_LOCK))
+    if not any(os.path.exists(mark) for mark in marks):
+        dists = distributions.installed_distributions(site_packages, verify_files=True)
+        return {"method": "record", "manifest": None, "findings": [],
+                "note": "no manifest (a venv lockstep.cluster did not build): checked against RECORD only"}, dists
+    dists = distributions.installed_distributions(site_packages, verify_files=False)
+    facts = {"method": "manifest", "manifest": location, "findings": []}
+    if not os.path.isdir(venv_real):
+        facts["error"] = "the venv directory %s does not exist" % venv_real
+        return facts, dists
+    try:
+        data = manifest.load(location)
+    except manifest.ManifestError as exc:
+        facts["error"] = "%s: the venv cannot be verified (re-run site.yml to build a sealed one)" % exc
+        return facts, dists
+    facts.update(manifest.verify(venv_real, data, rehash_all=params["verify_all_files"]))
+    manifest.attribute(facts["findings"], venv_real, site_packages)
+    by_name = dict((distributions.canonical_name(d["name"]), d) for d in dists)
+    for dist in dists:
+        dist["tampered"] = []
+    for finding in facts["findings"]:
+        dist = by_name.get(finding.get("owner"))
+        if dist is not None and finding.get("record_path"):
+            # An installed package's file: reported under its name, as RECORD writes its path.
+            finding["installed"] = True
+            entry = dict((k, v) for k, v in finding.items() if k not in ("owner", "record_path", "installed"))
+            dist["tampered"].append(dict(entry, path=finding["record_path"]))
+    return facts, dists
 
 
 def mpi_facts(raw, venv_roots, installed, env, python, params):
@@ -90,8 +141,8 @@ def mpi_facts(raw, venv_roots, installed, env, python, params):
 
 
 def collect(params, base_env):
-    """Raw facts of one host: venv, Python (with its marker environment), installed
-    distributions with RECORD findings, uv, MPI. Never modifies anything."""
+    """Raw facts of one host: venv, the venv's files against its manifest, Python (with its
+    marker environment), installed distributions, uv, MPI. Never modifies anything."""
     venv = params["venv"]
     venv_real = os.path.realpath(venv)
     env, env_file = venv_environment(venv, base_env, params["env_file"], params["environment"])
@@ -107,14 +158,18 @@ def collect(params, base_env):
         },
     }
     pyvenv_cfg = distributions.read_pyvenv_cfg(venv_real)
+    # The files first, before any of the venv's code runs: the report shows the tree as found.
+    guessed = distributions.guess_site_packages(venv_real)
+    if guessed:
+        facts["integrity"], facts["distributions"] = integrity_facts(venv_real, guessed, params)
     py_facts, raw_mpi, error = mpi_probe.probe(python, env, params["timeout"], with_mpi=params["mpi"])
     facts["python"] = py_facts or {}
     if error and not py_facts:
         facts["python"]["error"] = error
-    site_packages = (py_facts or {}).get("site_packages") or distributions.guess_site_packages(venv_real)
+    site_packages = (py_facts or {}).get("site_packages") or guessed
     facts["venv"]["site_packages"] = site_packages
-    facts["distributions"] = distributions.installed_distributions(
-        site_packages, verify_files=params["verify_files"], rehash_all=params["verify_all_files"])
+    if not guessed:
+        facts["integrity"], facts["distributions"] = integrity_facts(venv_real, site_packages, params)
     facts["uv"] = uv_facts(env, params["uv_path"], pyvenv_cfg, params["timeout"])
     if params["mpi"]:
         raw_mpi = raw_mpi if py_facts else {"python_error": error}

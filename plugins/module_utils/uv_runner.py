@@ -10,6 +10,7 @@ __metaclass__ = type
 import json
 import os
 import re
+from urllib.parse import unquote, urlsplit
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name
@@ -22,6 +23,27 @@ _NETWORK_MARKERS = (
     "temporary failure in name resolution", "certificate", "tls handshake")
 _OFFLINE_MARKERS = ("network was disabled", "not found in the cache", "network connectivity is disabled")
 _HASH_MARKERS = ("hash mismatch", "hashes do not match", "expected hashes", "hash-checking mode", "--require-hashes")
+
+
+MASK = "********"
+
+
+def secrets_of(urls):
+    """What no output may show: each credentialed index URL and its password (or a token
+    given as the user name)."""
+    found = []
+    for url in urls or ():
+        parts = urlsplit(url or "")
+        secret = parts.password or parts.username
+        if secret:
+            found += [url, secret, unquote(secret)]
+    return sorted(set(s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def redact(text, secrets):
+    for secret in secrets or ():
+        text = text.replace(secret, MASK)
+    return text
 
 
 class SyncError(Exception):
@@ -72,6 +94,9 @@ def classify_failure(result, offline=False, cache_dir=None, lock_name="the lock"
         return ("network", "cannot download packages for %s and the uv cache (%s) does not have them: no "
                 "network, proxy or CA bundle problem (venv_ca_bundle)? (uv output: %s)"
                 % (lock_name, cache_dir or "default cache", tail))
+    if "not found in the provided package locations" in low or ("no solution found" in low and offline):
+        return ("wheelhouse", "the wheelhouse does not hold every file of %s and the host has no index to "
+                "fall back on; nothing was changed (uv output: %s)" % (lock_name, tail))
     return ("uv", "uv pip sync of %s failed (%s): %s" % (lock_name, proc.describe(result, "uv", timeout), tail))
 
 
@@ -80,12 +105,16 @@ class UvRunner(object):
 
     def __init__(self, uv, index_url=None, extra_index_urls=None, find_links=None, offline=False,
                  ca_bundle=None, cache_dir=None, no_binary=None, timeout=None, base_env=None, run=None,
-                 link_mode=None):
+                 link_mode=None, wheelhouse=None):
         self.uv = uv
         self.index_url = index_url or None
         self.extra_index_urls = list(extra_index_urls or [])
-        self.find_links = list(find_links or [])
-        self.offline = bool(offline)
+        self.secrets = secrets_of([self.index_url] + self.extra_index_urls)
+        # A wheelhouse means no index at all: uv never opens a socket and a missing file
+        # fails at once instead of waiting on a network that is not there.
+        self.wheelhouse = wheelhouse or None
+        self.find_links = ([self.wheelhouse] if self.wheelhouse else []) + list(find_links or [])
+        self.offline = bool(offline) or bool(self.wheelhouse)
         self.ca_bundle = ca_bundle or None
         self.cache_dir = cache_dir or None
         self.no_binary = list(no_binary or [])
@@ -103,8 +132,16 @@ class UvRunner(object):
         # Never let an active venv/conda env or a managed-Python download sneak in.
         for key in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONHOME", "UV_PYTHON", "UV_SYSTEM_PYTHON"):
             env.pop(key, None)
+        for key in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS"):
+            env.pop(key, None)
         env["UV_PYTHON_DOWNLOADS"] = "never"
         env["UV_NO_PROGRESS"] = "1"
+        # Index URLs may carry a password: the environment, never argv (/proc/<pid>/cmdline
+        # is readable by every local user, /proc/<pid>/environ only by the owner).
+        if self.index_url and not self.wheelhouse:
+            env["UV_DEFAULT_INDEX"] = self.index_url
+        if self.extra_index_urls and not self.wheelhouse:
+            env["UV_INDEX"] = " ".join(self.extra_index_urls)
         if self.ca_bundle:
             env["SSL_CERT_FILE"] = self.ca_bundle
         return env
@@ -117,20 +154,23 @@ class UvRunner(object):
             args.append("--offline")
         return args
 
-    def index_args(self):
-        args = []
-        if self.index_url:
-            args += ["--index-url", self.index_url]
-        for url in self.extra_index_urls:
-            args += ["--extra-index-url", url]
+    def source_args(self):
+        args = ["--no-index"] if self.wheelhouse else []
         for link in self.find_links:
             args += ["--find-links", link]
+        return args
+
+    def index_args(self):
+        args = self.source_args()
         for name in self.no_binary:
             args += ["--no-binary", name]
         return args
 
     def run(self, argv, env=None):
         result = self._run(argv, env or self.env(), self.timeout)
+        if self.secrets:  # uv may echo an index URL in an error
+            result = result._replace(out=redact(result.out or "", self.secrets),
+                                     err=redact(result.err or "", self.secrets))
         self.commands.append({"argv": list(argv), "rc": result.rc, "seconds": result.seconds})
         return result
 
@@ -151,6 +191,16 @@ class UvRunner(object):
         if self.link_mode:
             argv += ["--link-mode", self.link_mode]
         return self.run(argv + self.common() + self.index_args() + [lock_path])
+
+    def build_wheel(self, python, sdist, out_dir, constraints=None, env=None):
+        """``uv build --wheel`` of a hash-checked sdist; build requirements only from the
+        wheelhouse/index, pinned and hash-checked by ``constraints``."""
+        argv = [self.uv, "build", "--wheel", "--no-config", "--python", python, "--out-dir", out_dir]
+        if constraints:
+            argv += ["--build-constraints", constraints, "--require-hashes"]
+        merged = self.env()
+        merged.update(env or {})
+        return self.run(argv + self.common() + self.source_args() + [sdist], merged)
 
     def cache_clean(self, names):
         """Drop ``names`` from uv's cache: uv never re-verifies cached files, and with

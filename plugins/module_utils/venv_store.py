@@ -8,14 +8,23 @@ Layout (``store`` and ``path`` are role options)::
     <store>/<stem>-<key12>/      one venv per (lockfile sha256, Python, mpi4py mode, MPI env)
         lockstep.lock.txt        the exact lockfile it was synced from
         lockstep.env             KEY=VALUE MPI environment (module_utils.venv_env)
-        lockstep.json            metadata; written LAST = the venv is complete and validated
+        lockstep.json            metadata of a built and validated venv
+    <store>/<stem>-<key12>.manifest.json   every entry of the venv (module_utils.manifest);
+                             written LAST, outside the venv = the venv is complete
+    <store>/<stem>-<key12>.building        only while it is built (who for; see store_fs.prune)
     <path>           -> <store>/<stem>-<key12>   ("current"; flipped with rename(2))
     <path>.previous  -> the venv that was current before the last flip (rollback target)
 
 A venv is never modified once it has been current: a new lockfile, Python or MPI environment
 builds a new directory, syncs it with ``uv pip sync --require-hashes``, validates it, and only
 then flips ``current``. Anything that fails before the flip leaves ``current`` untouched.
-The lockfile itself is parsed on the controller; here only uv reads it.
+The lockfile itself is parsed on the controller; here only uv reads it. One store lock is held
+from the plan to the flip and prune (store_fs.store_lock).
+
+Bytecode: every module is compiled when the venv is built, and a ``.pth`` that sorts first sets
+``sys.dont_write_bytecode`` for every run of the venv's Python (root, ``-O``, a benchmark
+without the activate hook): compiled, imports stay fast; guarded, nothing Python does later
+adds a file the manifest would report.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,11 +38,16 @@ import re
 import shutil
 import time
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env
+from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, proc, store_fs, venv_env
 from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import (
     canonical_name,
     guess_site_packages,
-    installed_distributions,
+)
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_trust import (
+    UNOWNED,
+    group_findings,
+    import_errors,
+    sealed_findings,
 )
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import (
     SyncError,
@@ -44,28 +58,13 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import 
 LOCKFILE_COPY = "lockstep.lock.txt"
 UV_CONFIG_FILE = "lockstep.uv.toml"
 # Bumped when the layout or the key recipe changes, so old venvs are rebuilt, not reused.
-FORMAT = 1
-
-# Run by the new venv's interpreter before the flip. mpi4py is loaded without MPI_Init:
-# enough to catch a libmpi the wheel cannot load (the libmpi.so.12 trap).
-VALIDATE_SCRIPT = r'''
-import importlib, json, sys
-out = {"python": sys.version.split()[0], "prefix": sys.prefix, "imports": {}}
-for name in sys.argv[1:]:
-    try:
-        if name.split(".")[0] == "mpi4py":
-            import mpi4py
-            mpi4py.rc.initialize = mpi4py.rc.finalize = False
-            from mpi4py import MPI
-            out["imports"][name] = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
-        else:
-            module = importlib.import_module(name)
-            out["imports"][name] = getattr(module, "__version__", "ok")
-    except BaseException as exc:
-        out["imports"][name] = None
-        out.setdefault("errors", {})[name] = "%s: %s" % (type(exc).__name__, exc)
-print("LOCKSTEP-VALIDATE " + json.dumps(out))
-'''
+# 2: the manifest in the store, compiled bytecode and the no-bytecode guard.
+FORMAT = 2
+# Sorts before any other .pth (site.py reads them in name order), so nothing imported by a
+# later .pth writes bytecode either.
+NO_BYTECODE_PTH = "00-lockstep-no-bytecode.pth"
+NO_BYTECODE = ("# lockstep.cluster: the venv is sealed by its manifest; its bytecode was compiled when it was "
+               "built.\nimport sys; sys.dont_write_bytecode = True\n")
 
 
 def lock_stem(lockfile_name):
@@ -119,7 +118,7 @@ class VenvStore(object):
 
     def __init__(self, runner, path, store, python, python_version, lockfile_sha256, lockfile_name=None, env=None,
                  mpi4py_mode="binary", build_variables=None, validate_imports=None, keep=2, previous=None,
-                 clock=time.time, verify_files=True, expected=None):
+                 clock=time.time, verify_files=True, expected=None, lock_timeout=600):
         self.uv = runner
         self.path = path.rstrip("/") or path
         self.store = store
@@ -135,6 +134,7 @@ class VenvStore(object):
         self.previous_link = previous or (self.path + ".previous")
         self.clock = clock
         self.verify_files = verify_files
+        self.lock_timeout = lock_timeout
         # {name: version} the controller derived from the lockfile for this Python (or None).
         self.expected = dict((canonical_name(k), v) for k, v in (expected or {}).items()) if expected else None
         self.stem = lock_stem(self.lockfile_name)
@@ -162,15 +162,31 @@ class VenvStore(object):
             raise SyncError("venv_store_dir %s must not be inside venv_path %s" % (self.store, self.path), "input")
         return state, target
 
-    def complete(self, venv):
-        """Built by us for this key and this lockfile, and its lockfile copy is intact."""
+    def ours(self, venv):
+        """Built for this key (the plain target, or a repair of it beside the original)."""
+        meta = store_fs.read_meta(venv) or {}
+        return os.path.realpath(self.target) == os.path.realpath(venv) or meta.get("key") == self.key
+
+    def defects(self, venv):
+        """Why a venv of this key cannot be trusted as a whole ([] when it can): metadata,
+        its lockfile copy, its manifest."""
         meta = store_fs.read_meta(venv)
         if not meta or meta.get("key") != self.key or not store_fs.is_venv(venv):
-            return False
+            return [{"path": store_fs.META_FILE, "reason": "missing, unreadable or of another key"}]
         try:
-            return store_fs.sha256_file(os.path.join(venv, LOCKFILE_COPY)) == self.lockfile_sha256
+            if store_fs.sha256_file(os.path.join(venv, LOCKFILE_COPY)) != self.lockfile_sha256:
+                return [{"path": LOCKFILE_COPY, "reason": "modified"}]
         except (IOError, OSError):
-            return False
+            return [{"path": LOCKFILE_COPY, "reason": "missing"}]
+        try:
+            manifest.load(manifest.location(venv))
+        except manifest.ManifestError as exc:
+            return [{"path": os.path.basename(manifest.location(venv)), "reason": str(exc)}]
+        return []
+
+    def complete(self, venv):
+        """Built by us for this key and this lockfile, sealed by its manifest."""
+        return not self.defects(venv)
 
     def check_sync(self, venv, lockfile=None):
         """uv's own answer: ``(in_sync, changes)`` for ``venv`` against its lockfile copy."""
@@ -188,12 +204,10 @@ class VenvStore(object):
         return path if os.path.isfile(path) else None
 
     def tampered(self, venv, rehash_all=False):
-        """uv-style changes for distributions whose files differ from their RECORD."""
-        return [{"name": canonical_name(dist["name"]), "version": dist["version"], "action": "tampered",
-                 "files": [finding["path"] for finding in dist["tampered"]]}
-                for dist in installed_distributions(guess_site_packages(venv), verify_files=True,
-                                                    rehash_all=rehash_all)
-                if dist["tampered"]]
+        """uv-style ``tampered`` changes: the live tree against the venv's manifest, grouped by
+        the distribution whose RECORD lists the file (UNOWNED for the rest: a new ``.pth``,
+        ``__pycache__`` entry, ``bin/`` script...)."""
+        return group_findings(venv, sealed_findings(venv, rehash_all))
 
     def packages(self, venv):
         if not venv or not os.path.isdir(venv) or not self.uv.available():
@@ -207,24 +221,38 @@ class VenvStore(object):
         state, current = self.check_inputs()
         current = current if state == "link" else None
         plan = {"current": current, "target": self.target, "key": self.key, "changes": [], "drift": False}
-        if current and self.complete(current):
-            in_sync, changes = self.check_sync(current)
-            if in_sync:
-                # uv does not re-hash installed files: an edited file needs our own check.
+        if current and self.ours(current):
+            # The manifest first: uv does not re-hash installed files nor look beyond dist-info,
+            # and its check runs the venv's Python, which a tampered .pth would hijack.
+            defects = self.defects(current)
+            if defects:
+                changes = group_findings(current, defects)
+            else:
                 changes = self.tampered(current) if self.verify_files else []
+            if not changes:
+                changes = self.check_sync(current)[1]
             if not changes:
                 plan.update(action="none", target=current)
                 return plan
             # Someone changed the live venv: build a fresh one beside it, never repair it.
-            plan.update(action="build", drift=True, changes=changes)
-            if os.path.realpath(self.target) == current:
-                plan["target"] = "%s-%d" % (self.target, int(self.clock()))
+            plan.update(action="build", drift=True, changes=changes, target=self._fresh_target(current))
             return plan
-        if os.path.isdir(self.target) and self.complete(self.target) and self.check_sync(self.target)[0]:
-            plan["action"] = "flip"  # e.g. back to a venv kept for rollback
+        if os.path.isdir(self.target) and self.complete(self.target) \
+                and not (self.verify_files and self.tampered(self.target)) and self.check_sync(self.target)[0]:
+            plan["action"] = "flip"  # e.g. back to a venv kept for rollback, as it was sealed
             return plan
         plan["action"] = "build"
+        if os.path.realpath(self.target) in store_fs.live_targets([self.path, self.previous_link]):
+            plan["target"] = self._fresh_target(current)  # the rollback target, changed: keep it as found
         return plan
+
+    def _fresh_target(self, current):
+        """A directory beside ``self.target`` that is neither live nor in use."""
+        candidate, number = self.target, int(self.clock())
+        while os.path.realpath(candidate) == os.path.realpath(current) or os.path.lexists(candidate):
+            candidate = "%s-%d" % (self.target, number)
+            number += 1
+        return candidate
 
     def describe(self, plan):
         """What the controller needs for changes and diffs: package sets and environments."""
@@ -247,29 +275,67 @@ class VenvStore(object):
     # -- apply ------------------------------------------------------------------------------
 
     def sync(self, lockfile):
-        """Plan again under the store lock, then build (if needed), validate and flip.
+        """Plan again under the store lock, then build (if needed), validate, flip and prune,
+        all under that lock. ``lockfile``: the lockfile on this host (sha256 checked).
 
-        ``lockfile``: the lockfile on this host (sha256 checked). Returns the plan with
-        ``built``, ``sync_changes``, ``pruned``. Raises SyncError before the flip on any failure.
+        Returns the plan with ``built``, ``sync_changes``, ``pruned``. Raises SyncError before
+        the flip on any failure (``locked`` when another run held the store for too long).
         """
-        if not os.path.isdir(self.store):
+        try:
             os.makedirs(self.store, 0o755)
-        with store_fs.store_lock(self.store):
-            plan = self.plan()
-            plan.update(built=False, sync_changes=[], pruned=[])
-            if plan["action"] == "none":
-                return plan
-            if plan["action"] == "build":
-                self._drop_from_cache(plan["changes"])
-                plan["sync_changes"] = self.build(plan["target"], lockfile)
-                plan["built"] = True
-            self.flip(plan["target"], plan["current"])
-            plan["pruned"] = store_fs.prune(self.store, self.path, self.stem, [plan["target"], plan["current"]],
-                                            self.keep)
+        except OSError:
+            if not os.path.isdir(self.store):
+                raise
+        try:
+            with store_fs.store_lock(self.store, self.lock_timeout,
+                                     "plan %s for %s" % (self.path, self.lockfile_name)) as holder:
+                return self._sync_locked(lockfile, holder)
+        except store_fs.LockTimeout as exc:
+            raise SyncError(str(exc), "locked")
+
+    def _sync_locked(self, lockfile, holder):
+        plan = self.plan()
+        plan.update(built=False, sync_changes=[], pruned=[])
+        if plan["action"] == "none":
+            return plan
+        if plan["action"] == "build":
+            holder.doing("build %s from %s for %s" % (plan["target"], self.lockfile_name, self.path))
+            self._drop_from_cache(plan["changes"])
+            plan["sync_changes"] = self.build(plan["target"], lockfile)
+            plan["built"] = True
+        holder.doing("flip %s to %s" % (self.path, plan["target"]))
+        # What is live now, not what the plan saw: if anything flipped it meanwhile (a store
+        # lock that does not hold, e.g. on a file system without flock), that venv is the one
+        # being replaced, and it must neither be lost nor mistaken.
+        live = store_fs.live_targets([self.path])
+        replaced = dict(plan, current=live[0] if live else None,
+                        drift=plan["drift"] and live == [plan["current"]])
+        previous = self._next_previous(replaced)
+        self.flip(plan["target"], previous)
+        plan["previous_kept"] = previous
+        holder.doing("prune %s" % self.store)
+        protect = [plan["target"], previous] + store_fs.live_targets([self.path, self.previous_link])
+        plan["pruned"] = store_fs.prune(self.store, self.path, self.stem, protect, self.keep)
         return plan
 
+    def _next_previous(self, plan):
+        """The rollback target after the flip: the venv that was live, unless someone changed
+        it (drift, or findings against its manifest when another lock replaces it) — then the
+        rollback target stays the one before, if that is still as sealed. Never a wrong one."""
+        current, target = plan["current"], os.path.realpath(plan["target"])
+        kept = os.path.realpath(self.previous_link) if os.path.islink(self.previous_link) else None
+
+        def trusted(venv):
+            return store_fs.is_venv(venv) and not (self.verify_files and sealed_findings(venv))
+
+        if current and os.path.realpath(current) != target and not plan["drift"] and trusted(current):
+            return current
+        if kept and kept not in (target, current) and store_fs.is_venv(kept) and not sealed_findings(kept):
+            return kept
+        return None
+
     def _drop_from_cache(self, changes):
-        names = sorted(set(c["name"] for c in changes if c.get("action") == "tampered"))
+        names = sorted(set(c["name"] for c in changes if c.get("action") == "tampered" and c["name"] != UNOWNED))
         if not names:
             return
         result = self.uv.cache_clean(names)
@@ -278,36 +344,44 @@ class VenvStore(object):
                             % (", ".join(names), result.err.strip()), "cache", result.err)
 
     def build(self, target, lockfile):
-        if os.path.lexists(self.path) and os.path.realpath(target) == os.path.realpath(self.path):
-            # plan() never targets the live venv; refuse rather than mutate it.
-            raise SyncError("internal error: refusing to rebuild the active venv %s" % target, "internal")
+        if os.path.realpath(target) in store_fs.live_targets([self.path, self.previous_link]):
+            # plan() never targets a live venv or the rollback target; refuse rather than mutate it.
+            raise SyncError("internal error: refusing to rebuild %s, which %s or %s points to"
+                            % (target, self.path, self.previous_link), "internal")
         if store_fs.sha256_file(lockfile) != self.lockfile_sha256:
             raise SyncError("the lockfile copied to the host (%s) does not have the controller's sha256 %s"
                             % (lockfile, self.lockfile_sha256), "input")
         if os.path.lexists(target):
-            store_fs.remove_tree(target)  # an interrupted earlier build, or a stale kept venv
+            store_fs.remove_venv(target)  # an interrupted earlier build, or a stale kept venv
+        store_fs.mark_building(target, self.path)
         try:
             changes = self._build(target, lockfile)
-            if self.verify_files:
+            sealed, bad = self._seal(target)
+            if bad:
                 # A poisoned cache gives a fresh venv with edited files: purge, build once more.
-                # Every file of a new venv is new, so ctimes say nothing: read them all.
-                poisoned = self.tampered(target, rehash_all=True)
-                if poisoned:
-                    self._drop_from_cache(poisoned)
-                    store_fs.remove_tree(target)
-                    changes = self._build(target, lockfile)
-                    still = self.tampered(target, rehash_all=True)
-                    if still:
-                        raise SyncError("a freshly built venv has files that differ from their RECORD (%s); the "
-                                        "packages themselves are bad" % ", ".join(
-                                            "%s: %s" % (c["name"], " ".join(c["files"])) for c in still), "tampered")
-            self._write_meta(target)
+                self._drop_from_cache(group_findings(target, [{"path": p, "reason": "modified"} for p in bad]))
+                store_fs.remove_tree(target)
+                changes = self._build(target, lockfile)
+                sealed, bad = self._seal(target)
+                if bad:
+                    raise SyncError("a freshly built venv has files that differ from their RECORD (%s); the "
+                                    "packages themselves are bad" % ", ".join(bad[:20]), "tampered")
+            # The manifest is written last: from now on the venv is complete.
+            manifest.write(manifest.location(target), sealed)
+            os.unlink(target + store_fs.BUILDING_SUFFIX)
             return changes
         except BaseException:
             # SyncError, a crash, or the module being killed by a timeout (SIGTERM ->
             # SystemExit): the half-built venv goes, `current` was never touched.
-            shutil.rmtree(target, ignore_errors=True)
+            store_fs.remove_venv(target)
             raise
+
+    def _seal(self, target):
+        """lockstep.json, then the manifest of the whole tree, and the RECORD check done
+        with the manifest's hashes (each file read once). Returns (manifest, RECORD mismatches)."""
+        self._write_meta(target)
+        sealed = manifest.build(os.path.realpath(target), clock=self.clock)
+        return sealed, manifest.record_mismatches(sealed, guess_site_packages(os.path.realpath(target)))
 
     def _build(self, target, lockfile):
         result = self.uv.create_venv(target, self.python)
@@ -332,17 +406,30 @@ class VenvStore(object):
         except ValueError as exc:
             raise SyncError(str(exc), "input")
         venv_env.install_activate_hook(target)
+        self._compile(target)
         self.validate(target)
         return report.get("changes") or []
+
+    def _compile(self, target):
+        """Compile every module now (imports stay fast without writing), then guard the venv
+        against any later bytecode write (see the module docstring)."""
+        sites = guess_site_packages(target)
+        result = self.uv.run([os.path.join(target, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
+                              "--invalidation-mode", "timestamp"] + sites, dict(self.uv.env(), PYTHONHASHSEED="0"))
+        # rc 1: some file is not valid Python (test data, templates); importing it fails anyway.
+        if result.rc not in (0, 1):
+            raise SyncError("compiling the bytecode of the new venv failed (%s): %s"
+                            % (proc.describe(result, "compileall", self.uv.timeout), proc.tail(result.err)), "validate")
+        for site in sites:
+            store_fs.write_atomic(os.path.join(site, NO_BYTECODE_PTH), NO_BYTECODE)
 
     def _write_meta(self, target):
         meta = {
             "format": FORMAT, "key": self.key, "path": self.path, "lock_sha256": self.lockfile_sha256,
             "lock_name": self.lockfile_name, "python": self.python, "python_version": self.python_version,
             "mpi4py_mode": self.mpi4py_mode, "build_variables": self.build_variables, "uv": self.uv.version(),
-            "created": self.clock(),
+            "validate_imports": self.validate_imports, "created": self.clock(),
         }
-        # Written last: a venv without it is incomplete and is never flipped to or reused.
         store_fs.write_atomic(os.path.join(target, store_fs.META_FILE),
                               json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -363,16 +450,8 @@ class VenvStore(object):
         imports = list(self.validate_imports)
         if "mpi4py" in (self.expected or {}) and not any(i.split(".")[0] == "mpi4py" for i in imports):
             imports.insert(0, "mpi4py")
-        if not imports:
-            return
-        env, _env_file = venv_env.venv_environment(target, self.uv.env())
-        result = self.uv.run([os.path.join(target, "bin", "python"), "-c", VALIDATE_SCRIPT] + imports, env)
-        report = None
-        for line in (result.out or "").splitlines():
-            if line.startswith("LOCKSTEP-VALIDATE "):
-                report = json.loads(line[len("LOCKSTEP-VALIDATE "):])
-        if result.rc != 0 or report is None or report.get("errors"):
-            errors = (report or {}).get("errors") or {"python": (result.err or result.out or "").strip()[-800:]}
+        errors = import_errors(self.uv.run, target, imports, self.uv.env())
+        if errors:
             raise SyncError("the new venv failed validation, the active venv was left as it was: %s"
                             % "; ".join("%s: %s" % item for item in sorted(errors.items())), "validate")
 
@@ -382,26 +461,7 @@ class VenvStore(object):
             os.makedirs(parent, 0o755)
         if previous and os.path.realpath(previous) != os.path.realpath(target):
             store_fs.flip_link(self.previous_link, previous)
+        elif os.path.islink(self.previous_link):
+            # Nothing trustworthy to roll back to: no link is better than a wrong one.
+            os.unlink(self.previous_link)
         store_fs.flip_link(self.path, target)
-
-
-def rollback(path, previous_link=None, check_mode=False):
-    """Swap ``current`` and ``previous``. Returns (old_current, new_current). Raises SyncError."""
-    path = path.rstrip("/") or path
-    previous_link = previous_link or path + ".previous"
-    state, current = store_fs.inspect_path(path)
-    if state not in ("link", "dangling"):
-        raise SyncError("venv_path %s is not a lockstep venv symlink (%s): nothing to roll back" % (path, state),
-                        "rollback")
-    if not os.path.islink(previous_link):
-        raise SyncError("no previous venv recorded at %s: nothing to roll back to" % previous_link, "rollback")
-    target = os.path.realpath(previous_link)
-    if not store_fs.is_venv(target) or store_fs.read_meta(target) is None:
-        raise SyncError("the previous venv %s is missing or incomplete: cannot roll back" % target, "rollback")
-    if check_mode:
-        return current, target
-    with store_fs.store_lock(os.path.dirname(target)):
-        store_fs.flip_link(path, target)
-        if current and os.path.isdir(current):
-            store_fs.flip_link(previous_link, current)
-    return current, target

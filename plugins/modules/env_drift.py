@@ -20,8 +20,13 @@ description:
   - "Packages: the venv's installed distributions are read from their C(.dist-info) (no pip
     needed; uv venvs have none) and compared with the lock entries whose markers hold for
     the B(venv's) Python: missing, extra, version mismatch (PEP 440 equality, PEP 503 names)."
-  - "Integrity: every file listed with a hash in a distribution's C(RECORD) is re-hashed;
-    files that differ or are gone are reported (O(verify_files))."
+  - "Integrity (O(verify_files)): a venv built by M(lockstep.cluster.uv_sync) is compared,
+    entry by entry, with the manifest written beside it in the venv store before it went live
+    (C(<store>/<venv>.manifest.json), not writable through the venv): new, missing and changed
+    files anywhere in the tree (site-packages, C(bin/), C(.pth), C(__pycache__)), mode and
+    symlink changes. A venv lockstep.cluster did not build (no manifest, no store around it) is
+    checked against its distributions' C(RECORD) instead, every file re-hashed; one that was
+    built by it but lost its manifest is a failure."
   - GPU packages (the collection's shared GPU rule, for example C(nvidia-*)) found in the
     venv are reported; the Python version is checked against the lock's header
     (C(--python-version), C(--universal)); the uv version against O(uv_version).
@@ -31,6 +36,9 @@ description:
     verdict C(compatible), C(incompatible) or C(unknown) with reasons. A launch smoke test
     (C(mpiexec -n 2)) must see ranks 0 and 1 of size 2 and no C(suspicious MPI execution
     environment) warning."
+  - A check that was asked for and could not run (verdict C(unknown), a smoke test without a
+    launcher or an importable mpi4py, a uv that does not run) fails with its reason; only a
+    check nobody asked for is skipped.
   - Returns a fingerprint (sha256 of Python, packages and MPI facts) so hosts can be compared.
   - Also the one-host pre-flight, for example
     C(ansible localhost -c local -m lockstep.cluster.env_drift -a "venv=/opt/venv lockfile=lockfiles/smoke-cpu.txt").
@@ -64,18 +72,18 @@ options:
     default: true
   verify_files:
     description:
-      - Check every file recorded with a hash in the distributions' C(RECORD) files and
-        report modified or missing files.
-      - A file whose inode changed after its C(RECORD) was written (ctime newer, which any
-        write, chmod, rename or new link causes and which cannot be set back) or whose size
-        differs is re-hashed; the others are not read. See O(verify_all_files).
+      - Compare the venv with its manifest (see the description); without one, with the
+        distributions' C(RECORD) files.
+      - A file is re-hashed when anything the manifest recorded for it changed (inode, size,
+        mode, mtime or ctime; any write moves ctime, which a writer of the venv cannot set
+        back); the others are not read. See O(verify_all_files).
     type: bool
     default: true
   verify_all_files:
     description:
-      - With O(verify_files), re-hash every recorded file whatever its ctime. Costs reading
-        the whole venv; use it where ctimes cannot be trusted (e.g. files restored from a
-        backup that preserved ctimes at the block level).
+      - With O(verify_files), re-hash every file of the manifest whatever its recorded times.
+        Costs reading the whole venv; use it where ctimes cannot be trusted (e.g. files
+        restored from a backup that preserved ctimes at the block level).
     type: bool
     default: false
   ignore_packages:
@@ -86,7 +94,8 @@ options:
     default: []
   uv_version:
     description:
-      - The uv version the host must have. Not checked when omitted (the version is still reported).
+      - The uv version the host must have. Not checked when omitted (the version is still
+        reported); a uv that is found but does not run is a failure either way.
     type: str
   uv_path:
     description:
@@ -132,7 +141,9 @@ options:
     type: int
     default: 120
 notes:
-  - Read-only. Nothing is installed; bytecode is not written (the probe runs C(python -c)).
+  - Read-only. Nothing is installed; bytecode is not written (C(PYTHONDONTWRITEBYTECODE), and a
+    lockstep venv sets C(sys.dont_write_bytecode) itself). The files are checked before any of
+    the venv's code runs.
   - The action plugin runs the module once per host and does the PEP 440/503 comparison on the controller.
 seealso:
   - name: Binary mpi4py wheels and MPI ABI
@@ -166,7 +177,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 status:
-  description: C(ok) when nothing differs from the lock and the MPI verdict is not C(incompatible), else C(drift).
+  description: C(ok) when every check that was asked for ran and passed, else C(drift).
   returned: always
   type: str
   sample: drift
@@ -203,7 +214,14 @@ drift:
       type: list
       elements: dict
     tampered:
-      description: Distributions with files that differ from C(RECORD) (C(name), C(version), C(files) with C(path), C(reason), hashes).
+      description:
+        - Installed distributions with files that differ from the manifest (or C(RECORD)), C(name), C(version),
+          C(files) with C(path) (as C(RECORD) writes it), C(reason), hashes. Packages reported as missing, extra or
+          mismatched are not repeated here.
+      type: list
+      elements: dict
+    files:
+      description: Entries that differ from the manifest and belong to no installed package (C(path) relative to the venv, C(reason)).
       type: list
       elements: dict
     gpu:
@@ -222,10 +240,14 @@ checks:
   description:
     - Outcome per check (C(packages), C(integrity), C(gpu), C(python), C(uv), C(mpi_abi), C(mpi_smoke)),
       each as C(outcome) (C(pass), C(fail) or C(skip)) and C(message).
+    - C(skip) only for a check that was not asked for (O(mpi), O(smoke_test), O(verify_files) off, no O(uv_version),
+      no mpi4py in the lock); one that was asked for and could not run is C(fail).
   returned: always
   type: dict
 fingerprint:
-  description: sha256 of the Python version, the installed packages (and tampered files) and the MPI facts; equal on interchangeable hosts.
+  description:
+    - sha256 of the Python version, the installed packages, files that differ from the manifest, uv and the MPI
+      facts; equal on interchangeable hosts.
   returned: always
   type: str
 lock:
@@ -281,6 +303,13 @@ python:
       description: Why the venv's Python could not run.
       type: str
       returned: when it could not run
+integrity:
+  description:
+    - How the files were checked (C(method) V(manifest), V(record) or V(off)), the C(manifest) path, C(findings)
+      (C(path) relative to the venv, C(reason), C(owner) package), C(files) and C(rehashed) counts, C(error) when a
+      lockstep venv's manifest is missing or unreadable, C(note) for a venv without one.
+  returned: always
+  type: dict
 distributions:
   description:
     - Installed distributions (C(name), C(version), C(installer), C(metadata_dir)).
@@ -301,6 +330,9 @@ uv:
       type: str
     venv_created_by:
       description: The uv version recorded in the venv's C(pyvenv.cfg).
+      type: str
+    error:
+      description: Why the uv found does not run.
       type: str
 mpi:
   description: MPI and mpi4py facts.

@@ -21,14 +21,28 @@ description:
     only when something must change.
   - A venv is never modified in place. A new lock, Python, mpi4py mode or MPI environment
     builds a new venv under O(store) (named after the lock and a hash of those inputs),
-    syncs and validates it, then flips O(path) with an atomic C(rename) system call. The venv that was
-    current is kept and linked from O(previous) for rollback.
+    syncs and validates it, compiles its bytecode, seals it with a manifest of every file
+    (C(<store>/<venv>.manifest.json), beside it, outside it), then flips O(path) with an atomic
+    C(rename) system call. The venv that was current is kept and linked from O(previous) for
+    rollback, unless someone had changed it (then the previous rollback target stays).
+  - One store lock is held from the plan to the flip; a second run on the host waits at most
+    O(lock_timeout) and then fails naming the holder.
   - Any failure before the flip (download error, hash mismatch, uv killed, failed import
     check) removes the half-built venv and leaves O(path) exactly as it was.
-  - C(changed) comes from uv itself (C(uv pip sync --check --output-format json)) and a
-    re-hash of the live venv's files (O(verify_files)); check mode predicts the package set
+  - C(changed) comes from uv itself (C(uv pip sync --check --output-format json)) and the
+    live venv against its manifest (O(verify_files)); check mode predicts the package set
     from the lock for the host's Python, and diff mode shows package, tamper and environment changes.
   - A converged host costs one module run.
+  - With O(wheelhouse) the host needs no network at all. The controller picks the files the
+    lock needs for the host's Python and platform (C(packaging.pylock) selection by wheel tags),
+    fetches them once into O(wheelhouse_cache) (sha256-checked against the lock), pushes only
+    those the host lacks (the plan reports what it has, in the same module run) and the host syncs
+    with C(--offline --no-index --find-links). A missing file fails at once, never waits on a network.
+  - With O(wheelhouse) and O(mpi4py_mode=source), one host per O(build_group) and Python tag builds
+    the mpi4py wheel from the lock's sdist (C(uv build), build requirements pinned by hash); the
+    controller keeps it with its provenance and every other host of the combination installs it.
+  - A C(pylock.toml) lock is synced from its requirements rendering (same pins, markers and hashes),
+    because uv takes a pylock's files only from its recorded URLs, which an air-gapped host cannot reach.
 version_added: "0.1.0"
 author:
   - lockstep.cluster maintainers (@lockstep)
@@ -99,9 +113,11 @@ options:
     default: []
   verify_files:
     description:
-      - Re-hash the live venv's files against each distribution's C(RECORD). uv does not, so
-        without this an edited installed file goes unnoticed; with it, the venv is rebuilt
-        fresh (never repaired in place) and the edit shows in the diff as C(tampered).
+      - Compare the live venv with its manifest (every entry of the tree; a file is re-hashed
+        when its recorded inode, size, mode, mtime or ctime changed). uv re-hashes nothing and
+        looks only at dist-info, so without this a C(.pth), a forged C(.pyc) or an edited
+        file goes unnoticed; with it, the venv is rebuilt fresh (never repaired in place) and
+        the files show in the diff as C(tampered).
       - The tampered packages are dropped from uv's cache first (uv never re-verifies its
         cache, and with hardlinks the edit is in the cache too), so they are fetched again.
     type: bool
@@ -128,10 +144,40 @@ options:
     description: Seconds allowed for each uv command.
     type: int
     default: 1800
-  stage:
-    description: Internal, set by the action plugin. V(plan) only looks; V(apply) builds and flips.
+  lock_timeout:
+    description:
+      - Seconds to wait for the venv store lock another run on this host holds (one lock from
+        plan to flip). After that the task fails naming the holder (pid, host, start time and
+        what it is doing) and nothing is changed.
+    type: int
+    default: 600
+  wheelhouse:
+    description:
+      - Wheelhouse directory on the host; the controller fills it. Set, the host syncs with no
+        index at all (C(--offline --no-index --find-links)).
+    type: path
+  wheelhouse_cache:
+    description: Controller directory of the controller wheelhouse (fetched files, built wheels). Default C(~/.cache/lockstep/wheelhouse).
+    type: path
+  wheelhouse_find_links:
+    description: Controller-side directories or URLs with files the index lacks (C(uv pip compile --find-links)).
+    type: list
+    elements: str
+    default: []
+  build_group:
+    description: What a built mpi4py wheel is shared by (distro release and MPI); the host's Python tag is added.
     type: str
-    choices: [plan, apply]
+  build_requires:
+    description:
+      - Build requirements to add, per package built in the wheelhouse, to those its sdist
+        declares in C(pyproject.toml). A build backend may ask for more at build time (mpi4py's
+        asks for Cython), which the controller cannot see without running the sdist's code.
+    type: dict
+    default: {}
+  stage:
+    description: Internal, set by the action plugin. V(plan) only looks; V(apply) builds and flips; V(build) builds one wheel.
+    type: str
+    choices: [plan, apply, build]
     default: plan
   lockfile_sha256:
     description: Internal, set by the action plugin from the controller's copy of O(lockfile).
@@ -144,12 +190,31 @@ options:
       - Internal, set by the action plugin; the packages (name to version) the lock installs for
         the host's Python. A new venv must hold exactly these.
     type: dict
+  wheelhouse_incoming:
+    description: Internal, set by the action plugin; files it pushed (name to C(src), C(sha256)) to move into O(wheelhouse).
+    type: dict
+  wheelhouse_files:
+    description: Internal, set by the action plugin; the files of O(wheelhouse) uv may see for this sync (the host's selection).
+    type: list
+    elements: str
+  build:
+    description: Internal, set by the action plugin; the sdist to build with V(stage=build).
+    type: dict
 seealso:
   - module: lockstep.cluster.env_drift
   - module: lockstep.cluster.lock_policy
 """
 
 EXAMPLES = r"""
+- name: Sync an air-gapped host from the controller wheelhouse (pylock.toml lock)
+  lockstep.cluster.uv_sync:
+    lockfile: lockfiles/pylock.smoke-cpu.toml
+    uv: /usr/local/bin/uv
+    path: /opt/lockstep/venv
+    store: /opt/lockstep/venvs
+    wheelhouse: /opt/lockstep/wheelhouse
+    wheelhouse_find_links: [/opt/wheels]
+
 - name: Sync the benchmark venv
   lockstep.cluster.uv_sync:
     lockfile: lockfiles/smoke-cpu.txt
@@ -194,6 +259,13 @@ lock:
 python:
   description: The base interpreter as probed on the host (C(executable), C(version), C(marker_environment)).
   returned: always
+  type: dict
+wheelhouse:
+  description:
+    - With O(wheelhouse), when something changed (C(dir), C(files), C(fetched), C(fetch_seconds),
+      C(pushed), C(pushed_bytes), C(push_seconds), and C(mpi4py_wheel) with its provenance in source
+      mode); in check mode C(push) (what would be pushed) and C(build).
+  returned: when a wheelhouse was used
   type: dict
 commands:
   description: The commands the module ran, with their duration and exit code.

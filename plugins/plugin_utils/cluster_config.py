@@ -16,8 +16,15 @@ import hashlib
 import os
 import re
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+# cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
+# import check (Jinja2 and PyYAML only) does not, and ansible-lint refuses sanity ignores.
+try:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+except ImportError as exc:
+    CRYPTOGRAPHY_ERROR = exc
+else:
+    CRYPTOGRAPHY_ERROR = None
 
 # The facts `setup` gathers in its `ssh_pub_keys` subset (part of `min`), in preference order.
 HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
@@ -157,6 +164,9 @@ def ensure_key_pair(key_dir, cluster, create=True):
         return private, read_public(public), False
     if not create:
         return private, None, True
+    if CRYPTOGRAPHY_ERROR is not None:
+        raise ClusterConfigError("the Python library 'cryptography' (an ansible-core dependency) is required on "
+                                 "the controller to make the cluster key pair: %s" % CRYPTOGRAPHY_ERROR)
     os.makedirs(key_dir, mode=0o700, exist_ok=True)
     with open(os.path.join(key_dir, ".%s.lock" % cluster), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: parse a hash-pinned lockfile (``uv pip compile --generate-hashes``).
+"""Controller side: parse a hash-pinned lockfile (``uv pip compile --generate-hashes``) or a
+PEP 751 ``pylock.toml`` (plugin_utils.pylock) into one model.
 
 Pure logic, no Ansible imports; every action plugin that takes a lock uses it. PEP 440/503/508
-come from ``packaging``.
+and 751 come from ``packaging``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
+
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import pylock
 
 __all__ = ["Lock", "LockEntry", "LockError", "load_lock", "parse_lock"]
 
@@ -89,6 +92,12 @@ class Lock:
     sha256: str = ""
     header_command: tuple | None = None
     header_line: int = 0
+    # "requirements" or "pylock"; a pylock states its Pythons (requires-python, its line is
+    # header_line) and may restrict its environments (PEP 508 markers).
+    format: str = "requirements"
+    requires_python: str | None = None
+    environments: tuple = ()
+    pylock: object = None  # the packaging.pylock.Pylock, for file selection
 
     def header_option(self, name):
         """Value of ``--name VALUE`` / ``--name=VALUE`` in the header command, or None."""
@@ -106,7 +115,10 @@ class Lock:
 
         ``--universal --python-version 3.11`` -> ``>=3.11`` (3.11 is the floor); without
         ``--universal`` uv resolved for that one minor version (wheels may be cpXY-only).
+        A pylock says it itself (``requires-python``).
         """
+        if self.requires_python:
+            return self.requires_python
         version = self.header_option("--python-version")
         if version is None:
             return None
@@ -125,6 +137,8 @@ class Lock:
         lacks fall back to this interpreter's values. None evaluates for this interpreter.
         Two entries for one name in the same environment make the lock ambiguous: LockError.
         """
+        if self.environments and not any(Marker(m).evaluate(env) for m in self.environments):
+            raise LockError(self.path, 0, "no environment of the lock (%s) matches" % " or ".join(self.environments))
         selected = {}
         for entry in self.entries:
             if not entry.applies_to(env):
@@ -279,7 +293,11 @@ def parse_lock(text, path="<lock>"):
 
 
 def load_lock(path):
-    """Read and parse the lockfile at ``path``. Raises LockError (line 0 = unreadable)."""
+    """Read and parse the lockfile at ``path``. Raises LockError (line 0 = unreadable).
+
+    ``pylock.toml`` / ``pylock.<name>.toml`` is PEP 751, any other ``.toml`` an error, the
+    rest a requirements lock.
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -289,4 +307,8 @@ def load_lock(path):
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LockError(path, data.count(b"\n", 0, exc.start) + 1, "not UTF-8 text")
+    if pylock.is_pylock_name(path):
+        return pylock.parse_pylock(text, path)
+    if path.endswith(".toml"):
+        raise LockError(path, 0, "a TOML lock must be a PEP 751 file named pylock.toml or pylock.<name>.toml")
     return parse_lock(text, path)

@@ -102,6 +102,8 @@ def python_version_reason(lock, python_version):
         raise ValueError("invalid python_version %r" % python_version)
     if SpecifierSet(specifier).contains(version, prereleases=True):
         return None
+    if lock.requires_python:
+        return "the lock serves Python %s (its requires-python), not %s" % (specifier, python_version)
     how = "--universal --python-version" if "--universal" in lock.header_command else "--python-version"
     return "the lock serves Python %s (resolved with %s %s), not %s" % (
         specifier, how, lock.header_option("--python-version"), python_version)

@@ -177,7 +177,8 @@ def junit_xml(run_id, rows, results, cons, extra_suites=()):
         if r["status"] in ("unreachable", "error"):
             case(host, "reachable", "error", r["message"] or r["status"])
             for check in CHECKS + ("consistency",):
-                case(host, check, "skipped", "host %s" % r["status"])
+                # Expected to run and could not: a failure, never a skip.
+                case(host, check, "failure", "not checked: host %s" % r["status"])
             continue
         case(host, "reachable")
         checks = results[host].get("checks") or {}

@@ -30,7 +30,8 @@ def render_diff(before, after, before_env, after_env, before_path, after_path, t
         lines = ["# venv: %s" % (path or "(none)")]
         lines.extend("%s==%s" % (name, pkgs[name]) for name in sorted(pkgs))
         for change in edits:
-            lines.append("# tampered %s==%s: %s" % (change["name"], change["version"], " ".join(change["files"])))
+            who = "%s==%s" % (change["name"], change["version"]) if change.get("version") else change["name"]
+            lines.append("# tampered %s: %s" % (who, " ".join(change["files"])))
         if env:
             lines.append("# lockstep.env")
             lines.extend("%s=%s" % (key, env[key]) for key in sorted(env))

@@ -74,15 +74,24 @@ def lock_of(house, *pins):
 
 
 def snapshot(path):
-    """What `current` is: link target + every file (path, size, mtime) of the venv."""
+    """What `current` is, byte for byte: link target + every entry of the venv (path, size,
+    mtime, content sha256 or link target) + its manifest in the store."""
     target = os.readlink(path)
-    files = []
-    for root, _dirs, names in os.walk(os.path.realpath(path)):
-        for name in names:
+    real = os.path.realpath(path)
+    entries = []
+    for root, dirs, names in os.walk(real):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             full = os.path.join(root, name)
             st = os.lstat(full)
-            files.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
-    return target, sorted(files)
+            if os.path.islink(full):
+                content = "-> " + os.readlink(full)
+            else:
+                with open(full, "rb") as handle:
+                    content = hashlib.sha256(handle.read()).hexdigest()
+            entries.append((os.path.relpath(full, real), st.st_size, st.st_mtime_ns, content))
+    manifest = real + ".manifest.json"
+    sealed = open(manifest, "rb").read() if os.path.exists(manifest) else None
+    return target, sorted(entries), sealed
 
 
 def installed(path):
@@ -113,3 +122,56 @@ def make_dist(site, name, version, files=None, installer="uv", extra_rows=()):
     rows += ["%s/METADATA,," % info.name, "%s/INSTALLER,," % info.name, "%s/RECORD,," % info.name]
     (info / "RECORD").write_text("\n".join(rows) + "\n")
     return info
+
+
+def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, find_links=True, **kwargs):
+    """A VenvStore under ``house["tmp"]/opt`` for the lock ``text`` (written beside it), run
+    with the real uv against the wheelhouse, offline."""
+    from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store
+    from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import UvRunner
+
+    runner_args = dict(offline=offline, cache_dir=str(house["tmp"] / "cache"),
+                       find_links=[house["dir"]] if find_links else [])
+    runner_args.update(kwargs.pop("runner", {}))
+    runner = UvRunner(uv, base_env=dict(os.environ, UV_HTTP_RETRIES="0"), **runner_args)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    lockfile = house["tmp"] / ("lock-%s.txt" % sha[:12])
+    lockfile.write_text(text)
+    store = venv_store.VenvStore(runner, str(house["tmp"] / "opt" / "venv"), str(house["tmp"] / "opt" / "venvs"),
+                                 BASE_PYTHON, python_version(), sha, lockfile_name=name, env=env or {}, **kwargs)
+    store.lock_text, store.lockfile = text, str(lockfile)
+    return store
+
+
+def sync(store):
+    return store.sync(store.lockfile)
+
+
+# A fake mpi4py (env_probe and rollback tests): loads FAKE_LIBMPI like the real one loads libmpi.
+FAKE_INIT = "__version__ = '4.1.2'\nclass rc:\n    initialize = finalize = True\n"
+# Behaves like the real module where it matters: loads "libmpi", and warns + runs alone when
+# started by a launcher of the other implementation (PMI_SIZE is Hydra's).
+FAKE_MPI = """
+import ctypes, os, warnings
+_lib = ctypes.CDLL(os.environ["FAKE_LIBMPI"])
+def Get_library_version(): return "Open MPI v4.1.4, package: fake"
+def Get_version(): return (3, 1)
+def get_vendor(): return ("Open MPI", (4, 1, 4))
+def Get_processor_name(): return "node"
+class _World:
+    rank = int(os.environ.get("FAKE_RANK", "0"))
+    size = int(os.environ.get("FAKE_SIZE", "1"))
+if "PMI_SIZE" in os.environ:
+    warnings.warn("suspicious MPI execution environment", RuntimeWarning)
+COMM_WORLD = _World()
+"""
+OMPI_LAUNCHER = """#!/bin/sh
+[ "$1" = --version ] && { echo 'mpiexec (OpenRTE) 4.1.4'; exit 0; }
+n=$2; shift 2; [ "$1" = --oversubscribe ] && shift || { echo 'oversubscribe missing' >&2; exit 3; }
+i=0; while [ $i -lt $n ]; do FAKE_RANK=$i FAKE_SIZE=$n "$@" & i=$((i+1)); done; wait
+"""
+HYDRA_LAUNCHER = """#!/bin/sh
+[ "$1" = --version ] && { printf 'HYDRA build details:\\n    Version:    4.0.2\\n'; exit 0; }
+n=$2; shift 2
+i=0; while [ $i -lt $n ]; do PMI_SIZE=$n "$@" & i=$((i+1)); done; wait
+"""

@@ -11,38 +11,10 @@ from ansible_collections.lockstep.cluster.plugins.module_utils import env_probe
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import drift
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import parse_lock
 
-from helpers import make_dist
+from helpers import FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, OMPI_LAUNCHER, make_dist
 
 PY = "python%d.%d" % sys.version_info[:2]
 LOCK = parse_lock("mpi4py==4.1.2\nsix==1.17.0\n", "lock.txt")
-
-FAKE_INIT = "__version__ = '4.1.2'\nclass rc:\n    initialize = finalize = True\n"
-# Behaves like the real module where it matters: loads "libmpi", and warns + runs alone when
-# started by a launcher of the other implementation (PMI_SIZE is Hydra's).
-FAKE_MPI = """
-import ctypes, os, warnings
-_lib = ctypes.CDLL(os.environ["FAKE_LIBMPI"])
-def Get_library_version(): return "Open MPI v4.1.4, package: fake"
-def Get_version(): return (3, 1)
-def get_vendor(): return ("Open MPI", (4, 1, 4))
-def Get_processor_name(): return "node"
-class _World:
-    rank = int(os.environ.get("FAKE_RANK", "0"))
-    size = int(os.environ.get("FAKE_SIZE", "1"))
-if "PMI_SIZE" in os.environ:
-    warnings.warn("suspicious MPI execution environment", RuntimeWarning)
-COMM_WORLD = _World()
-"""
-OMPI_LAUNCHER = """#!/bin/sh
-[ "$1" = --version ] && { echo 'mpiexec (OpenRTE) 4.1.4'; exit 0; }
-n=$2; shift 2; [ "$1" = --oversubscribe ] && shift || { echo 'oversubscribe missing' >&2; exit 3; }
-i=0; while [ $i -lt $n ]; do FAKE_RANK=$i FAKE_SIZE=$n "$@" & i=$((i+1)); done; wait
-"""
-HYDRA_LAUNCHER = """#!/bin/sh
-[ "$1" = --version ] && { printf 'HYDRA build details:\\n    Version:    4.0.2\\n'; exit 0; }
-n=$2; shift 2
-i=0; while [ $i -lt $n ]; do PMI_SIZE=$n "$@" & i=$((i+1)); done; wait
-"""
 
 
 def executable(path, text):
@@ -89,8 +61,9 @@ def params(lab, **overrides):
 
 
 def run(lab, **overrides):
-    facts = env_probe.collect(params(lab, **overrides), {"PATH": os.environ["PATH"]})
-    facts.update(drift.evaluate(LOCK, facts))
+    values = params(lab, **overrides)
+    facts = env_probe.collect(values, {"PATH": os.environ["PATH"]})
+    facts.update(drift.evaluate(LOCK, facts, smoke_test=values["smoke_test"]))
     return facts
 
 

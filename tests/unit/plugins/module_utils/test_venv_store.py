@@ -7,7 +7,6 @@ cold cache, no network, a Python too old, a path that is not a venv).
 """
 
 import glob
-import hashlib
 import json
 import os
 import stat
@@ -18,32 +17,15 @@ import pytest
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env
 from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+from ansible_collections.lockstep.cluster.plugins.module_utils import venv_trust
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
 
-from helpers import BASE_PYTHON, UV, installed, lock_of, lock_text, python_version, snapshot, wheelhouse
+from helpers import UV, installed, lock_of, lock_text, make_store, snapshot, sync, wheelhouse
 
 
 @pytest.fixture
 def house(tmp_path):
     return wheelhouse(tmp_path)
-
-
-def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, find_links=True, **kwargs):
-    runner_args = dict(offline=offline, cache_dir=str(house["tmp"] / "cache"),
-                       find_links=[house["dir"]] if find_links else [])
-    runner_args.update(kwargs.pop("runner", {}))
-    runner = UvRunner(uv, base_env=dict(os.environ, UV_HTTP_RETRIES="0"), **runner_args)
-    sha = hashlib.sha256(text.encode()).hexdigest()
-    lockfile = house["tmp"] / ("lock-%s.txt" % sha[:12])
-    lockfile.write_text(text)
-    store = m.VenvStore(runner, str(house["tmp"] / "opt" / "venv"), str(house["tmp"] / "opt" / "venvs"),
-                        BASE_PYTHON, python_version(), sha, lockfile_name=name, env=env or {}, **kwargs)
-    store.lock_text, store.lockfile = text, str(lockfile)
-    return store
-
-
-def sync(store):
-    return store.sync(store.lockfile)
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -121,6 +103,7 @@ def test_prune_keeps_protected_and_newest(tmp_path):
         d.mkdir()
         (d / "pyvenv.cfg").write_text("")
         (d / store_fs.META_FILE).write_text(json.dumps({"created": created, "path": path}))
+        (store / (name + store_fs.MANIFEST_SUFFIX)).write_text("{}")  # sealed = complete
         return str(d)
 
     old, mid, new, cur = (venv("x-%012x" % i, i) for i in (1, 2, 3, 4))
@@ -137,7 +120,7 @@ def test_prune_keeps_protected_and_newest(tmp_path):
 
 def test_rollback_requires_a_previous(tmp_path):
     with pytest.raises(SyncError) as err:
-        m.rollback(str(tmp_path / "venv"))
+        venv_trust.rollback(str(tmp_path / "venv"))
     assert "nothing to roll back" in err.value.message
 
 
@@ -175,7 +158,7 @@ def test_first_sync_noop_new_lock_and_rollback(house):
     assert installed(venv) == {"alpha": "1.0", "beta": "1.0"}  # the old venv was not touched
 
     # Rollback swaps current and previous; re-applying the first lock is then a no-op.
-    old, new = m.rollback(current)
+    old, new = venv_trust.rollback(current)
     assert (old, new) == (second.target, venv)
     assert os.path.realpath(current) == venv and os.path.realpath(current + ".previous") == second.target
     assert make_store(house, first.lock_text, env={"MPI4PY_MPIABI": "openmpi"}).plan()["action"] == "none"
@@ -216,7 +199,8 @@ def test_plan_and_describe_change_nothing(house):
     assert plan["action"] == "build"
     assert second.describe(plan)["before"] == {"alpha": "1.0", "beta": "1.0"}
     assert snapshot(first.path) == state
-    assert sorted(os.listdir(first.store)) == sorted([".lockstep.lock", os.path.basename(first.target)])
+    name = os.path.basename(first.target)
+    assert sorted(os.listdir(first.store)) == sorted([".lockstep.lock", name, name + store_fs.MANIFEST_SUFFIX])
 
 
 def test_drifted_live_venv_is_replaced_not_repaired(house):
@@ -232,8 +216,9 @@ def test_drifted_live_venv_is_replaced_not_repaired(house):
     applied = sync(store)
     assert applied["drift"] and applied["current"] == live
     assert installed(store.path) == {"alpha": "1.0"}
-    assert installed(live) == {"alpha": "1.0", "gamma": "1.0"}  # kept as found, as `previous`
-    assert os.path.realpath(store.path + ".previous") == live
+    assert installed(live) == {"alpha": "1.0", "gamma": "1.0"}  # left as found, for a look
+    # ...but never as the rollback target: there was no clean one before it, so none now.
+    assert applied["previous_kept"] is None and not os.path.lexists(store.path + ".previous")
     assert store.plan()["action"] == "none"
 
 
@@ -257,7 +242,7 @@ def test_edited_file_in_live_venv(house, verify_files, link_mode):
     sync(store)
     fresh = glob.glob(os.path.join(store.path, "lib", "python*", "site-packages", "alpha", "__init__.py"))[0]
     assert "edited" not in open(fresh).read()
-    assert "edited" in open(module).read()  # the old venv is kept as found, as `previous`
+    assert "edited" in open(module).read()  # the old venv is left as found (not as `previous`)
     assert not os.path.samefile(fresh, module)
     assert store.plan()["action"] == "none"
 
@@ -283,8 +268,9 @@ def _assert_failure_leaves_current(house, bad_store, kind, before):
         sync(bad_store)
     assert err.value.kind == kind, err.value.message
     assert snapshot(bad_store.path) == before
-    # The half-built venv is gone; only the live venv (and the store lock) remain.
-    assert sorted(os.listdir(bad_store.store)) == sorted([".lockstep.lock", os.path.basename(before[0])])
+    # The half-built venv is gone; only the live venv, its manifest and the store lock remain.
+    name = os.path.basename(before[0])
+    assert sorted(os.listdir(bad_store.store)) == sorted([".lockstep.lock", name, name + store_fs.MANIFEST_SUFFIX])
     return err.value
 
 

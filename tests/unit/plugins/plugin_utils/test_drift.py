@@ -128,18 +128,111 @@ def test_uv_version_check():
     report = drift.evaluate(lock, host_facts(copy.deepcopy(CLEAN), uv_version="0.9.0"), uv_version="0.13.9")
     assert report["drift"]["uv"] == ["uv 0.9.0 but 0.13.9 expected"]
     assert drift.evaluate(lock, host_facts(copy.deepcopy(CLEAN)))["checks"]["uv"]["outcome"] == "skip"
+    report = drift.evaluate(lock, host_facts(copy.deepcopy(CLEAN), uv_version="0.13.9"), uv_version="0.13.9")
+    assert report["checks"]["uv"] == {"outcome": "pass", "message": ""}
 
 
-def test_incompatible_mpi_is_drift_unknown_is_not():
+def test_incompatible_mpi_is_drift():
     mpi = {"verdict": "incompatible", "reasons": ["launcher /usr/bin/mpiexec is mpich but mpi4py loaded openmpi"],
            "smoke": {"passed": False, "reasons": ["ranks [0, 0], expected [0, 1]"]}}
     report = evaluate(copy.deepcopy(CLEAN), mpi=mpi)
     assert report["status"] == "drift"
     assert report["problems"] == ["mpi: launcher /usr/bin/mpiexec is mpich but mpi4py loaded openmpi"]
     assert report["checks"]["mpi_smoke"]["outcome"] == "fail"
-    unknown = {"verdict": "unknown", "reasons": ["no launcher"], "smoke": None}
-    report = evaluate(copy.deepcopy(CLEAN), mpi=unknown)
+
+
+# A missing launcher: the probe cannot tell, and the smoke test cannot launch anything.
+NO_LAUNCHER = {"verdict": "unknown", "reasons": ["no mpiexec/mpirun found on the venv's PATH"], "smoke": None,
+               "raw": {"extension": "/v/lib/python3.11/site-packages/mpi4py/MPI.openmpi.so"},
+               "launcher": {"path": None, "error": "no mpiexec/mpirun found on the venv's PATH"}}
+
+
+def test_unknown_verdict_and_a_smoke_test_that_did_not_run_are_failures_with_reasons():
+    report = evaluate(copy.deepcopy(CLEAN), mpi=copy.deepcopy(NO_LAUNCHER))
+    assert report["status"] == "drift"
+    assert report["checks"]["mpi_abi"] == {
+        "outcome": "fail", "message": "verdict unknown: no mpiexec/mpirun found on the venv's PATH"}
+    assert report["checks"]["mpi_smoke"] == {
+        "outcome": "fail", "message": "not run: no mpiexec/mpirun found on the venv's PATH"}
+    assert report["problems"] == ["mpi: verdict unknown: no mpiexec/mpirun found on the venv's PATH",
+                                  "mpi smoke test: not run: no mpiexec/mpirun found on the venv's PATH"]
+
+
+def test_missing_libmpi_fails_the_abi_check_and_the_smoke_test():
+    error = "libmpi.so.40: cannot open shared object file: No such file or directory"
+    mpi = {"verdict": "incompatible", "reasons": ["mpi4py.MPI does not import: %s" % error], "smoke": None,
+           "raw": {"import_error": error}, "launcher": {"path": "/usr/bin/mpiexec", "flavor": "openmpi"}}
+    report = evaluate(copy.deepcopy(CLEAN), mpi=mpi)
+    assert report["status"] == "drift"
+    assert report["checks"]["mpi_smoke"] == {"outcome": "fail", "message": "not run: mpi4py.MPI did not load"}
+    assert "mpi smoke test: not run: mpi4py.MPI did not load" in report["problems"]
+
+
+def test_only_what_nobody_asked_for_is_skipped():
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), host_facts(copy.deepcopy(CLEAN), mpi=copy.deepcopy(
+        NO_LAUNCHER)), smoke_test=False)
+    assert report["checks"]["mpi_smoke"] == {"outcome": "skip", "message": "smoke test disabled"}
+    assert report["checks"]["mpi_abi"]["outcome"] == "fail"  # still unknown: still a failure
+    report = evaluate(copy.deepcopy(CLEAN), mpi=None)
+    assert report["status"] == "ok"
+    assert {report["checks"][c]["outcome"] for c in ("mpi_abi", "mpi_smoke")} == {"skip"}
+    # mpi4py neither locked (this test lock has none) nor installed: nothing to check.
+    absent = {"verdict": "unknown", "reasons": ["mpi4py is not installed in the venv"], "smoke": None,
+              "raw": {"import_error": "No module named 'mpi4py'"}, "launcher": {"path": "/usr/bin/mpiexec"}}
+    report = evaluate(copy.deepcopy(CLEAN), mpi=absent)
     assert report["status"] == "ok" and report["checks"]["mpi_abi"]["outcome"] == "skip"
+    # ...but when the lock has mpi4py, a venv without it fails the MPI checks too.
+    locked = parse_lock(LOCK + "mpi4py==4.1.2 \\\n    --hash=sha256:%s\n" % ("e" * 64), "lock.txt")
+    report = drift.evaluate(locked, host_facts(copy.deepcopy(CLEAN), mpi=copy.deepcopy(absent)))
+    assert report["checks"]["mpi_abi"]["outcome"] == "fail"
+    assert report["checks"]["mpi_smoke"]["outcome"] == "fail"
+
+
+def test_broken_uv_fails_even_without_a_pin_and_a_missing_one_with_a_pin():
+    facts = host_facts(copy.deepcopy(CLEAN), uv_version=None)
+    facts["uv"] = {"path": "/usr/local/bin/uv", "version": None,
+                   "error": "/usr/local/bin/uv --version exited 1: broken"}
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["status"] == "drift"
+    assert report["checks"]["uv"] == {"outcome": "fail", "message": "uv at /usr/local/bin/uv does not run: "
+                                                                    "/usr/local/bin/uv --version exited 1: broken"}
+    facts["uv"] = {"path": None, "version": None}
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts, uv_version="0.13.9")
+    assert report["problems"] == ["uv: uv 0.13.9 expected, no uv found on the host"]
+
+
+def test_files_outside_any_package_are_named_and_change_the_fingerprint():
+    base = host_facts(copy.deepcopy(CLEAN))
+    base["integrity"] = {"method": "manifest", "manifest": "/s/v.manifest.json", "findings": []}
+    clean = drift.evaluate(parse_lock(LOCK, "lock.txt"), base)
+    assert clean["status"] == "ok" and clean["checks"]["integrity"]["outcome"] == "pass"
+    tampered = copy.deepcopy(base)
+    tampered["integrity"]["findings"] = [
+        {"path": "lib/python3.11/site-packages/zz.pth", "reason": "new", "type": "file"},
+        {"path": "lib/python3.11/site-packages/six.py", "reason": "modified", "owner": "six", "installed": True}]
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), tampered)
+    assert report["status"] == "drift"
+    assert report["drift"]["files"] == [{"path": "lib/python3.11/site-packages/zz.pth", "reason": "new",
+                                         "type": "file"}]
+    assert report["problems"] == ["file lib/python3.11/site-packages/zz.pth: new file, not in the venv's manifest"]
+    assert report["checks"]["integrity"] == {"outcome": "fail",
+                                             "message": "lib/python3.11/site-packages/zz.pth (new)"}
+    assert report["counts"]["tampered"] == 1
+    assert report["fingerprint"] != clean["fingerprint"]
+
+
+def test_a_lockstep_venv_without_its_manifest_fails_a_foreign_one_is_checked_against_record():
+    facts = host_facts(copy.deepcopy(CLEAN))
+    facts["integrity"] = {"method": "manifest", "manifest": "/s/v.manifest.json", "findings": [],
+                          "error": "no manifest at /s/v.manifest.json: the venv cannot be verified"}
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["status"] == "drift"
+    assert report["problems"] == ["integrity: no manifest at /s/v.manifest.json: the venv cannot be verified"]
+    assert report["checks"]["integrity"]["outcome"] == "fail"
+    facts["integrity"] = {"method": "record", "manifest": None, "findings": [], "note": "no manifest (...)"}
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["status"] == "ok"
+    assert report["checks"]["integrity"] == {"outcome": "pass", "message": "no manifest (...)"}
 
 
 def test_fingerprint_tracks_packages_python_mpi_not_paths():
@@ -157,6 +250,8 @@ def test_fingerprint_tracks_packages_python_mpi_not_paths():
         host_facts(copy.deepcopy(CLEAN), env=dict(ENV_311, python_full_version="3.11.9"), mpi=mpi),
         host_facts([dist("numpy", "1.26.4", [{"path": "x", "reason": "missing"}])] + copy.deepcopy(CLEAN)[1:],
                    mpi=mpi),
+        host_facts(copy.deepcopy(CLEAN), mpi=mpi, uv_version="0.1.0"),
+        host_facts(copy.deepcopy(CLEAN), mpi=dict(mpi, smoke={"passed": True})),
     ]
     assert len({drift.fingerprint(f) for f in changed} | {base}) == len(changed) + 1
 
@@ -205,3 +300,22 @@ def test_property_each_single_drift_is_reported_alone(pins, data):
     report = drift.evaluate(lock, host_facts(dists))
     named = {k: [f["name"] for f in report["drift"][k]] for k in ("missing", "mismatched", "extra")}
     assert named == {k: ([target] if k == kind else []) for k in named}
+
+
+def test_files_of_a_package_that_changed_are_reported_once_as_that_package():
+    # An installed extra package adds files, a removed one loses them: the package check names
+    # it; its files do not repeat in the problems, and the integrity check still fails.
+    facts = host_facts([dist("numpy", "1.26.4"), dist("torch", "2.5.1+cpu"), dist("requests", "2.32.3")])
+    facts["integrity"] = {"method": "manifest", "manifest": "/s/v.manifest.json", "findings": [
+        {"path": "lib/python3.11/site-packages/requests/api.py", "reason": "new", "owner": "requests",
+         "installed": True},
+        {"path": "lib/python3.11/site-packages/six.py", "reason": "missing", "owner": "six"},
+        {"path": "lib/python3.11/site-packages/zz.pth", "reason": "new", "type": "file"}]}
+    facts["distributions"][2]["tampered"] = [{"path": "requests/api.py", "reason": "new"}]
+    report = drift.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["problems"] == ["missing six==1.17.0", "extra requests==2.32.3",
+                                  "file lib/python3.11/site-packages/zz.pth: new file, not in the venv's manifest"]
+    assert report["drift"]["tampered"] == []
+    assert report["checks"]["integrity"] == {
+        "outcome": "fail", "message": "lib/python3.11/site-packages/zz.pth (new); 2 file(s) of the packages reported "
+                                      "above differ from the manifest"}

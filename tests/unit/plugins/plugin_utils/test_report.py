@@ -103,7 +103,7 @@ def test_junit_one_case_per_host_and_check():
     assert outcome[("n1", "packages")] == "pass" and outcome[("n1", "consistency")] == "pass"
     assert outcome[("n3", "packages")] == "failure" and outcome[("n3", "gpu")] == "failure"
     assert outcome[("n3", "consistency")] == "failure" and outcome[("n3", "integrity")] == "pass"
-    assert outcome[("n4", "reachable")] == "error" and outcome[("n4", "packages")] == "skipped"
+    assert outcome[("n4", "reachable")] == "error" and outcome[("n4", "packages")] == "failure"
     assert outcome[("n1", "uv")] == "skipped"
     failures = sum(1 for v in outcome.values() if v == "failure")
     assert int(suite.get("failures")) == failures

@@ -1,0 +1,270 @@
+"""Controller side: PEP 751 locks (plugin_utils/pylock.py), the controller wheelhouse
+(wheelhouse.py) and credentials.py. Locks are generated with the real uv from a local index
+of tiny wheels (offline), like a user would from an index."""
+
+import base64
+import hashlib
+import os
+import subprocess
+import time
+
+import pytest
+from packaging.pylock import Pylock
+from packaging.tags import Tag
+
+from helpers import HEADER, UV, lock_text, make_wheel
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials, wheelhouse
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock, parse_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import check_policy, python_version_reason
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.pylock import parse_pylock, render_requirements
+
+PY311 = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux", "platform_machine": "x86_64",
+         "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix",
+         "platform_system": "Linux", "platform_release": "", "platform_version": "", "implementation_version": "3.11.2"}
+HOST = {"implementation": "cpython", "version": "3.11", "abi": "cp311", "machine": "x86_64", "system": "Linux",
+        "glibc": "2.36"}
+
+
+@pytest.fixture
+def index(tmp_path):
+    """Wheels alpha 1.0, beta 1.0 in a PEP 503 file index; returns paths and hashes."""
+    (tmp_path / "wheels").mkdir()
+    sha = {}
+    for name, version in (("alpha", "1.0"), ("beta", "1.0")):
+        path, digest = make_wheel(str(tmp_path / "wheels"), name, version)
+        sha[name] = digest
+        page = tmp_path / "simple" / name
+        page.mkdir(parents=True)
+        (page / "index.html").write_text('<a href="%s#sha256=%s">%s</a>\n' % (
+            (tmp_path / "wheels" / os.path.basename(path)).as_uri(), digest, os.path.basename(path)))
+    return {"tmp": tmp_path, "sha": sha, "url": (tmp_path / "simple").as_uri()}
+
+
+def uv_compile(index, source_text, out, *extra):
+    source = index["tmp"] / "in.txt"
+    source.write_text(source_text)
+    subprocess.run([UV, "pip", "compile", "--no-config", "-q", "--universal", "--python-version", "3.9",
+                    "--default-index", index["url"], str(source), "-o", str(out)] + list(extra), check=True)
+    return str(out)
+
+
+def test_pylock_and_its_requirements_twin_are_the_same_lock(index, tmp_path):
+    txt = uv_compile(index, "alpha==1.0\nbeta\n", tmp_path / "twin.txt", "--generate-hashes")
+    toml = uv_compile(index, "alpha==1.0\nbeta\n", tmp_path / "pylock.twin.toml")
+    a, b = load_lock(txt), load_lock(toml)
+    assert b.format == "pylock" and a.format == "requirements"
+    assert [(e.name, e.version, e.marker, set(e.hashes)) for e in a.entries] == \
+        [(e.name, e.version, e.marker, set(e.hashes)) for e in b.entries]
+    assert check_policy(a) == check_policy(b) == []
+    assert b.python_specifier == ">=3.9" and python_version_reason(b, "3.8.10").startswith("the lock serves Python >=3.9")
+    assert set(a.for_environment(PY311)) == set(b.for_environment(PY311)) == {"alpha", "beta"}
+    # Its requirements rendering is a valid hash-pinned lock with the same entries.
+    again = parse_lock(render_requirements(b))
+    assert [(e.name, e.version, e.hashes) for e in again.entries] == [(e.name, e.version, e.hashes) for e in b.entries]
+
+
+def test_uv_lock_project_exported_to_pylock(index, tmp_path):
+    """`uv export --format pylock.toml --no-emit-project` turns a uv.lock project into a lock
+    the roles take (the documented route for uv projects)."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "bench"\nversion = "0"\nrequires-python = ">=3.9"\n'
+                                            'dependencies = ["alpha==1.0", "beta"]\n')
+    env = dict(os.environ, UV_DEFAULT_INDEX=index["url"])
+    subprocess.run([UV, "lock", "--no-config", "-q", "--project", str(project)], check=True, env=env)
+    subprocess.run([UV, "export", "--no-config", "-q", "--project", str(project), "--format", "pylock.toml",
+                    "--no-emit-project", "-o", str(project / "pylock.toml")], check=True, env=env)
+    lock = load_lock(str(project / "pylock.toml"))
+    assert check_policy(lock) == []
+    assert dict((e.name, e.version) for e in lock.entries) == {"alpha": "1.0", "beta": "1.0"}
+    assert lock.entries[0].hashes == ("sha256:%s" % index["sha"]["alpha"],)
+
+
+PYLOCK = """lock-version = "1.0"
+created-by = "hand"
+requires-python = ">=3.10"
+
+[[packages]]
+name = "alpha"
+version = "1.0"
+wheels = [{ url = "https://index.example/alpha-1.0-py3-none-any.whl", hashes = { sha256 = "%s" } }]
+%s"""
+
+
+@pytest.mark.parametrize("extra, line, fragment", [
+    ('\n[[packages]]\nname = "beta"\nversion = "2"\nvcs = { type = "git", url = "https://index.example/b.git", '
+     'commit-id = "abc" }\n', 10, "VCS, directory and archive"),
+    ('\n[[packages]]\nname = "alpha"\nversion = "1.0"\nwheels = [{ url = "https://index.example/alpha-1.0-py3-none-any.whl", '
+     'hashes = { sha256 = "%s" } }]\n' % ("b" * 64), 10, "duplicate package alpha (first at line 5)"),
+])
+def test_pylock_errors_name_the_line(extra, line, fragment):
+    with pytest.raises(LockError) as caught:
+        parse_pylock(PYLOCK % ("a" * 64, extra), "pylock.x.toml")
+    assert caught.value.line == line and fragment in str(caught.value)
+
+
+def test_pylock_policy_unpinned_and_gpu_name_their_lines():
+    extra = ('\n[[packages]]\nname = "nvidia-cublas-cu12"\nversion = "12.1"\nwheels = [{ url = '
+             '"https://index.example/nvidia_cublas_cu12-12.1-py3-none-any.whl", hashes = { sha256 = "%s" } }]\n\n[[packages]]\nname = "gamma"\n'
+             'sdist = { url = "https://index.example/gamma-1.0.tar.gz", hashes = { sha256 = "%s" } }\n') % ("c" * 64, "d" * 64)
+    lock = parse_pylock(PYLOCK % ("a" * 64, extra), "pylock.x.toml")
+    found = [(v.line, v.name, v.code) for v in check_policy(lock)]
+    assert found == [(10, "nvidia-cublas-cu12", "gpu"), (15, "gamma", "not-pinned")]
+
+
+def test_lock_policy_action_takes_a_pylock(tmp_path):
+    from ansible_collections.lockstep.cluster.plugins.action.lock_policy import evaluate
+
+    path = tmp_path / "pylock.gpu.toml"
+    path.write_text(PYLOCK % ("a" * 64, '\n[[packages]]\nname = "torch"\nversion = "2.5.1"\nwheels = [{ url = '
+                                        '"https://index.example/torch-2.5.1-py3-none-any.whl", hashes = { sha256 = '
+                                        '"%s" } }]\n' % ("e" * 64)))
+    result = evaluate(str(path), python_version="3.11")
+    assert result["failed"] and result["python_specifier"] == ">=3.10"
+    assert [(v["line"], v["name"], v["code"]) for v in result["violations"]] == [(10, "torch", "gpu")]
+    assert evaluate(str(path), python_version="3.9")["violations"][-1]["code"] == "python"
+
+
+def test_toml_that_is_not_named_like_a_pylock_is_refused(tmp_path):
+    path = tmp_path / "locks.toml"
+    path.write_text(PYLOCK % ("a" * 64, ""))
+    with pytest.raises(LockError, match="pylock.toml or pylock.<name>.toml"):
+        load_lock(str(path))
+    with pytest.raises(LockError, match="not a valid PEP 751 lock"):
+        parse_pylock('lock-version = "9.0"\ncreated-by = "x"\n', "pylock.toml")
+
+
+def test_host_tags_follow_glibc_and_abi():
+    tags = wheelhouse.host_tags(HOST)
+    assert tags[0] == Tag("cp311", "cp311", "manylinux_2_36_x86_64")
+    assert Tag("cp311", "cp311", "manylinux2014_x86_64") in tags and Tag("cp310", "abi3", "manylinux1_x86_64") in tags
+    assert Tag("cp311", "cp311", "linux_x86_64") in tags and Tag("py3", "none", "any") in tags
+    assert Tag("cp311", "cp311", "manylinux_2_38_x86_64") not in tags  # newer glibc than the host
+    assert Tag("cp312", "cp312", "manylinux_2_28_x86_64") not in tags
+    old = wheelhouse.host_tags(dict(HOST, glibc="2.17"))
+    assert Tag("cp311", "cp311", "manylinux_2_28_x86_64") not in old
+
+
+def _two_platform_lock(tmp_path):
+    wheels = ["mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", "mpi-1.0-cp311-cp311-manylinux_2_17_aarch64.whl"]
+    text = ('lock-version = "1.0"\ncreated-by = "t"\n\n[[packages]]\nname = "mpi"\nversion = "1.0"\n'
+            'sdist = { path = "files/mpi-1.0.tar.gz", hashes = { sha256 = "%s" } }\nwheels = [\n%s]\n') % (
+        "0" * 64, "".join('  { path = "files/%s", hashes = { sha256 = "%s" } },\n' % (w, str(i + 1) * 64)
+                          for i, w in enumerate(wheels)))
+    path = tmp_path / "pylock.two.toml"
+    path.write_text(text)
+    return load_lock(str(path))
+
+
+def test_select_files_picks_the_hosts_wheel_or_the_sdist(tmp_path):
+    lock = _two_platform_lock(tmp_path)
+    files = wheelhouse.select_files(lock.pylock, lock, PY311, wheelhouse.host_tags(HOST))
+    assert list(files) == ["mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
+    wheel = "mpi-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    assert files[wheel]["path"] == str(tmp_path / "files" / wheel)
+    source = wheelhouse.select_files(lock.pylock, lock, PY311, wheelhouse.host_tags(HOST), prefer_sdist=["mpi"])
+    assert list(source) == ["mpi-1.0.tar.gz"] and source["mpi-1.0.tar.gz"]["kind"] == "sdist"
+    # No wheel for an old glibc and no sdist: one clear error.
+    data = lock.pylock.to_dict()
+    del data["packages"][0]["sdist"]
+    with pytest.raises(wheelhouse.WheelhouseError, match="no file for this host"):
+        wheelhouse.select_files(Pylock.from_dict(data), lock, PY311, wheelhouse.host_tags(dict(HOST, glibc="2.17")))
+
+
+def test_a_file_the_lock_does_not_pin_is_refused(tmp_path):
+    lock = _two_platform_lock(tmp_path)
+    other = parse_lock(lock_text([("mpi", "1.0", "f" * 64)]), "other.txt")
+    with pytest.raises(wheelhouse.WheelhouseError, match="which other.txt does not pin"):
+        wheelhouse.select_files(lock.pylock, other, PY311, wheelhouse.host_tags(HOST))
+
+
+def test_fetch_copies_once_and_checks_the_hash(tmp_path):
+    src = tmp_path / "alpha-1.0-py3-none-any.whl"
+    path, digest = make_wheel(str(tmp_path), "alpha", "1.0")
+    spec = {"name": "alpha", "version": "1.0", "url": src.as_uri(), "path": None, "sha256s": [digest]}
+    got, sha, fetched = wheelhouse.fetch(str(tmp_path / "wh"), src.name, spec)
+    assert (sha, fetched) == (digest, True) and open(got, "rb").read() == src.read_bytes()
+    assert wheelhouse.fetch(str(tmp_path / "wh"), src.name, spec)[2] is False  # cached
+    with open(got, "ab") as handle:
+        handle.write(b"corrupt")
+    assert wheelhouse.fetch(str(tmp_path / "wh"), src.name, spec)[2] is True  # re-fetched, not trusted
+    with pytest.raises(wheelhouse.WheelhouseError, match="not one the lock pins"):
+        wheelhouse.fetch(str(tmp_path / "wh2"), src.name, dict(spec, sha256s=["0" * 64]))
+    assert os.listdir(tmp_path / "wh2" / "files") == [".%s.lock" % src.name]
+
+
+def test_credentials_are_masked_and_sent_only_to_their_host():
+    url = "https://ci:p%40ss-word@index.example:8443/simple"
+    secrets = credentials.secrets_of([url, "https://TOKEN123@other.example/simple", None])
+    assert "p%40ss-word" in secrets and "p@ss-word" in secrets and "TOKEN123" in secrets
+    text = credentials.redact({"msg": ["failed: %s and p@ss-word" % url]}, secrets)
+    assert "ss-word" not in str(text) and credentials.MASK in text["msg"][0]
+    assert credentials.strip_userinfo(url) == "https://index.example:8443/simple"
+    header = credentials.auth_header("https://index.example:8443/files/a.whl", [url])
+    assert base64.b64decode(header.split()[1]) == b"ci:p@ss-word"
+    assert credentials.auth_header("https://elsewhere.example/files/a.whl", [url]) is None
+    assert credentials.auth_header("https://index.example/files/a.whl", [url]) is None  # other port
+    assert credentials.uv_index_env(url, ["https://x.example/simple"]) == {
+        "UV_DEFAULT_INDEX": url, "UV_INDEX": "https://x.example/simple"}
+
+
+def test_host_sync_with_a_file_missing_from_the_wheelhouse_fails_fast(index, tmp_path):
+    """No index on the host: uv says at once the file is not there (no network wait)."""
+    (tmp_path / "host-wh").mkdir()
+    os.link(next((index["tmp"] / "wheels").glob("alpha-*")), tmp_path / "host-wh" / "alpha-1.0-py3-none-any.whl")
+    lockfile = tmp_path / "l.txt"
+    lockfile.write_text(HEADER % "--generate-hashes" + lock_text(
+        [("alpha", "1.0", index["sha"]["alpha"]), ("beta", "1.0", index["sha"]["beta"])]).split("\n", 2)[2])
+    runner = UvRunner(UV, wheelhouse=str(tmp_path / "host-wh"), cache_dir=str(tmp_path / "cache"),
+                      index_url="https://ci:hunter22@index.example/simple")
+    import hashlib
+    sha = hashlib.sha256(lockfile.read_bytes()).hexdigest()
+    store = VenvStore(runner, str(tmp_path / "venv"), str(tmp_path / "venvs"), "/usr/bin/python3", "3.11", sha,
+                      lockfile_name="l.txt")
+    start = time.time()
+    with pytest.raises(SyncError) as caught:
+        store.sync(str(lockfile))
+    assert caught.value.kind == "wheelhouse" and "does not hold every file" in caught.value.message
+    assert "beta" in caught.value.message
+    assert time.time() - start < 20
+    sync = [c["argv"] for c in runner.commands if "sync" in c["argv"]][0]
+    assert "--offline" in sync and "--no-index" in sync and "hunter22" not in " ".join(sync)
+    assert "UV_DEFAULT_INDEX" not in runner.env()  # no index at all with a wheelhouse
+    assert not os.path.lexists(tmp_path / "venv")
+
+
+def _build_once(directory, log):
+    """What one host's action does for a (group, tag): wait for the build lock, build only if
+    no wheel was recorded meanwhile."""
+    with wheelhouse.build_lock(directory, "mpi4py", "Debian-12/openmpi-4.1.4", "cp311-x86_64"):
+        if not [m for m in wheelhouse.built_wheels(directory, "mpi4py", "Debian-12/openmpi-4.1.4")
+                if m["tag"] == "cp311-x86_64"]:
+            time.sleep(1.0)  # the build
+            wheelhouse.record_built(directory, "mpi4py", "Debian-12/openmpi-4.1.4", "cp311-x86_64",
+                                    "mpi4py-4.1.2-cp311-cp311-linux_x86_64.whl", b"wheel-%d" % os.getpid(),
+                                    {"builder": str(os.getpid())})
+            with open(log, "a") as handle:
+                handle.write("built\n")
+
+
+def test_one_build_per_combination_across_concurrent_hosts(tmp_path):
+    import multiprocessing
+
+    log = str(tmp_path / "log")
+    hosts = [multiprocessing.Process(target=_build_once, args=(str(tmp_path), log)) for dummy in range(3)]
+    for host in hosts:
+        host.start()
+    for host in hosts:
+        host.join(30)
+    assert [h.exitcode for h in hosts] == [0, 0, 0]
+    assert open(log).read() == "built\n"
+    built = wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/openmpi-4.1.4")
+    assert len(built) == 1 and built[0]["sha256"] == hashlib.sha256(open(built[0]["path"], "rb").read()).hexdigest()
+    # Another MPI is another group: nothing shared with it.
+    assert wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/mpich-4.0.2") == []
+    # A built wheel replaced behind the controller's back is not offered any more.
+    with open(built[0]["path"], "ab") as handle:
+        handle.write(b"tampered")
+    assert wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/openmpi-4.1.4") == []
