@@ -9,7 +9,7 @@ VENV      := $(ROOT)/.venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.synced
 COLL      := $(ROOT)/.cache/ansible_collections/lockstep/cluster
-SCENARIOS ?= default mpich debian13 drift faults airgap
+SCENARIOS ?= default mpich debian13 drift faults airgap cluster
 
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF ?= $(ROOT)/lab/containers.conf

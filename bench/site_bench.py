@@ -1,22 +1,25 @@
-"""Measure site.yml and the venv role against their floors, on one lab container.
+"""Controller: how site.yml, drift.yml and the cluster smoke test grow with hosts, on the SSH lab.
 
-Prints ratios, asserts nothing:
+Prints ratios, asserts nothing. For each lab size (3 = inventories/lab, bigger ones are
+generated under .cache/lab<N>/ and share the lab's network, key pair and containers):
 
-  rerun     converged re-run of site.yml  vs  a one-task play on the same host
-            (what the roles cost beyond Ansible's own per-play overhead)
-  sync      the venv role syncing a new venv  vs  a bare `uv venv && uv pip sync` of the
-            same lock, with a cold uv cache and with a warm one (the price of the lock
-            policy, the uv --check calls, validation and the atomic flip)
-  no-op     the venv role with nothing to do  vs  a bare `uv pip sync --check`
+  site      converged site.yml            vs  a one-task play (ping) on the same hosts
+  drift     drift.yml                     vs  the one-task play
+  smoke     a play of the cluster smoke task alone (no env_drift: launch and verdict only)
+                                          vs  a play of a bare `mpiexec -n N -host a,b,… hostname`
+            and, inside those plays, the launch itself vs the bare mpiexec
+  trips     host round trips per host of a converged site.yml (SSH EXEC lines of -vvv)
 
-Usage: python3 bench/site_bench.py [--runs N] [--lock lockfiles/smoke-cpu.txt] [--image IMAGE] [--keep]
-Needs podman (CONTAINERS_CONF=lab/containers.conf on the lab machine) and the controller venv
-on PATH. Times are wall clock medians; the machine's other load shows up in them.
+Usage: python bench/site_bench.py [--runs N] [--sizes 3,12] [--keep]
+Needs the lab's requirements (make lab-up works) and the controller venv on PATH; run it
+under `flock /tmp/lockstep-heavy.lock`. Bigger labs are brought down again unless --keep.
+Results: bench/results/site-bench.{json,md}. Times are wall-clock medians.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,212 +28,210 @@ import tempfile
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-NAME = "lockstep-bench-site"
-CA = "/etc/ssl/host-ca.crt"
-UV = "/usr/local/bin/uv"
-STATE = "/var/lib/lockstep"
-
-
-def sh(argv, **kwargs):
-    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, **kwargs)
-
-
-def quiet(argv):
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-
-
-def timed(argv, env=None):
-    start = time.monotonic()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env,
-                          check=False)
-    elapsed = time.monotonic() - start
-    if proc.returncode != 0:
-        sys.exit("bench: %s failed:\n%s" % (" ".join(argv[:6]), proc.stdout[-3000:]))
-    return elapsed
-
-
-def median_of(runs, fn):
-    samples = [fn(i) for i in range(runs)]
-    return statistics.median(samples), samples
-
-
-def in_container(script):
-    return ["podman", "exec", NAME, "bash", "-ec", script]
-
-
-class Lab(object):
-    def __init__(self, args):
-        self.args = args
-        self.work = tempfile.mkdtemp(prefix="lockstep-bench-")
-        self.inventory = os.path.join(self.work, "inventory.yml")
-        self.lock = os.path.abspath(args.lock)
-        host_vars = {
-            "ansible_connection": "containers.podman.podman",
-            "mpi_flavor": "openmpi",
-            "mpi_allow_run_as_root": True,
-            "uv_ca_bundle": CA,
-            "venv_ca_bundle": CA,
-            "venv_cache_dir": STATE + "/uv-cache",
-            "venv_store_dir": STATE + "/venvs",
-            "venv_lockfile": self.lock,
-        }
-        with open(self.inventory, "w") as handle:
-            json.dump({"all": {"hosts": {NAME: host_vars}}}, handle)
-        self.env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
-                        ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"))
-
-    def start(self):
-        quiet(["podman", "rm", "-f", "-t", "0", NAME])
-        quiet(["podman", "volume", "rm", "-f", "lockstep-state-bench"])
-        sh(["podman", "run", "-d", "--name", NAME, "--hostname", NAME, "--network", "host",
-            "-v", "/etc/ssl/certs/ca-certificates.crt:%s:ro" % CA,
-            "-v", "lockstep-apt-bench:/var/cache/apt/archives",
-            "-v", "lockstep-apt-lists-bench:/var/lib/apt/lists",
-            "-v", "lockstep-state-bench:%s" % STATE,
-            self.args.image, "sleep", "infinity"])
-
-    def stop(self):
-        shutil.rmtree(self.work, ignore_errors=True)
-        if not self.args.keep:
-            quiet(["podman", "rm", "-f", "-t", "0", NAME])
-            quiet(["podman", "volume", "rm", "-f", "lockstep-state-bench"])
-
-    def playbook(self, text, name):
-        path = os.path.join(self.work, name)
-        with open(path, "w") as handle:
-            handle.write(text)
-        return path
-
-    def play(self, playbook, *extra):
-        return timed(["ansible-playbook", "-i", self.inventory, playbook] + list(extra), env=self.env)
-
-    def play_module_time(self, playbook, *extra):
-        """(wall time of the play, seconds spent in the commands uv_sync ran)."""
-        env = dict(self.env, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
-        start = time.monotonic()
-        proc = subprocess.run(["ansible-playbook", "-i", self.inventory, playbook] + list(extra), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-        elapsed = time.monotonic() - start
-        if proc.returncode != 0:
-            sys.exit("bench: %s failed:\n%s" % (playbook, proc.stdout[-3000:] + proc.stderr[-2000:]))
-        inner = 0.0
-        for play in json.loads(proc.stdout)["plays"]:
-            for task in play["tasks"]:
-                for res in task["hosts"].values():
-                    for line in res.get("commands", []) if "Sync the venv" in task["task"]["name"] else []:
-                        inner += float(line.split()[-2].rstrip("s"))
-        return elapsed, inner
-
+RESULTS = os.path.join(REPO, "bench", "results")
+LAB_CACHE = os.path.join(REPO, ".cache", "lab")
 
 ONE_TASK = """\
 - name: One task
-  hosts: all
+  hosts: lab
   gather_facts: false
   tasks:
     - name: Ping
       ansible.builtin.ping:
 """
 
-PYENV_ONLY = """\
-- name: The venv role alone
-  hosts: all
-  gather_facts: true
-  gather_subset: [min]
-  roles:
-    - role: lockstep.cluster.venv
+SMOKE = """\
+- name: The cluster smoke test alone
+  hosts: lab
+  become: true
+  gather_facts: false
+  tasks:
+    - name: Launch across the cluster
+      lockstep.cluster.cluster_smoke:
+        members: "{{ ansible_play_hosts_all }}"
+        result_var: ""
+        venv: /opt/lockstep/venv
+      when: inventory_hostname == ansible_play_hosts_all[0]
 """
+
+BARE = """\
+- name: A bare mpiexec across the cluster
+  hosts: lab
+  become: true
+  become_user: bench
+  gather_facts: false
+  tasks:
+    - name: Launch hostname on every host
+      ansible.builtin.command:
+        argv: [mpiexec, -n, "{{ ansible_play_hosts_all | length }}", -host, "{{ ansible_play_hosts_all | join(',') }}", hostname]
+      changed_when: false
+      when: inventory_hostname == ansible_play_hosts_all[0]
+"""
+
+
+def env():
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
+                ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"),
+                CONTAINERS_CONF=os.environ.get("CONTAINERS_CONF", os.path.join(REPO, "lab", "containers.conf")))
+
+
+def play(inventory, playbook, *extra, json_out=False, verbose=False, check=True):
+    """``(seconds, stdout)`` of one ansible-playbook run."""
+    run_env = env()
+    if json_out:
+        run_env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
+    argv = ["ansible-playbook", "-i", inventory, playbook] + list(extra) + (["-vvv"] if verbose else [])
+    start = time.monotonic()
+    done = subprocess.run(argv, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False)
+    elapsed = time.monotonic() - start
+    if check and done.returncode != 0:
+        sys.exit("bench: %s failed (rc %d):\n%s" % (" ".join(argv[3:5]), done.returncode, done.stdout[-4000:]))
+    return elapsed, done.stdout
+
+
+def task_result(stdout, name):
+    """The first host result of the task called ``name`` in a json-callback run."""
+    for p in json.loads(stdout[stdout.index("{"):])["plays"]:
+        for task in p["tasks"]:
+            if task["task"]["name"] == name:
+                for result in task["hosts"].values():
+                    if not result.get("skipped"):
+                        return result
+    return None
+
+
+def make_inventory(size):
+    if size == 3:
+        return os.path.join(REPO, "inventories", "lab")
+    directory = os.path.join(REPO, ".cache", "lab%d" % size)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "hosts.yml"), "w") as handle:
+        handle.write("---\n# Generated by bench/site_bench.py: a %d-host lab sharing inventories/lab's.\n" % size)
+        handle.write("all:\n  children:\n    lab:\n      hosts:\n")
+        handle.writelines("        lab-%d:\n" % i for i in range(1, size + 1))
+    link = os.path.join(directory, "group_vars")
+    if not os.path.islink(link):
+        os.symlink(os.path.join("..", "..", "inventories", "lab", "group_vars"), link)
+    return directory
+
+
+def seed_apt_caches(size):
+    """New hosts start from lab-1's downloaded .debs (hardlinks): no 12 downloads of Open MPI."""
+    source = os.path.join(LAB_CACHE, "lab-1", "apt-archives")
+    if not os.path.isdir(source):
+        return
+    for i in range(2, size + 1):
+        target = os.path.join(LAB_CACHE, "lab-%d" % i, "apt-archives")
+        os.makedirs(target, exist_ok=True)
+        for name in os.listdir(source):
+            if name.endswith(".deb") and not os.path.exists(os.path.join(target, name)):
+                os.link(os.path.join(source, name), os.path.join(target, name))
+
+
+def round_trips(stdout):
+    """SSH EXEC lines per host address in a -vvv run (pipelining: one per module run)."""
+    counts = {}
+    for match in re.finditer(r"^<([^>]+)> SSH: EXEC ", stdout, re.M):
+        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def median(fn, runs):
+    samples = [fn() for dummy in range(runs)]
+    return statistics.median(samples), samples
+
+
+def bench_size(size, runs, work):
+    inventory = make_inventory(size)
+    one, smoke, bare = (os.path.join(work, n) for n in ("one-task.yml", "smoke.yml", "bare.yml"))
+    site = os.path.join(REPO, "playbooks", "site.yml")
+    drift = os.path.join(REPO, "playbooks", "drift.yml")
+    lab = os.path.join(REPO, "lab", "lab.yml")
+    up, dummy = play(inventory, lab, "-e", "lab_state=up")
+    seed_apt_caches(size)
+    first, dummy = play(inventory, site)
+    out = {"size": size, "lab_up_s": up, "site_first_s": first}
+    out["site"], out["site_samples"] = median(lambda: play(inventory, site)[0], runs)
+    out["one"], out["one_samples"] = median(lambda: play(inventory, one)[0], runs)
+    out["drift"], out["drift_samples"] = median(lambda: play(inventory, drift)[0], runs)
+    launch, module = [], []
+
+    def smoke_run():
+        elapsed, stdout = play(inventory, smoke, json_out=True)
+        result = task_result(stdout, "Launch across the cluster")
+        if not result or not result.get("passed"):
+            sys.exit("bench: the cluster smoke test failed at %d hosts: %s" % (size, (result or {}).get("msg")))
+        launch.append(result["smoke"]["seconds"])
+        module.append(result["smoke"]["total_seconds"])
+        return elapsed
+
+    bare_launch = []
+
+    def bare_run():
+        elapsed, stdout = play(inventory, bare, json_out=True)
+        result = task_result(stdout, "Launch hostname on every host")
+        hours, minutes, seconds = result["delta"].split(":")
+        bare_launch.append(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
+        return elapsed
+
+    out["smoke"], out["smoke_samples"] = median(smoke_run, runs)
+    out["bare"], out["bare_samples"] = median(bare_run, runs)
+    out["smoke_launch"], out["bare_launch"] = statistics.median(launch), statistics.median(bare_launch)
+    out["smoke_module"] = statistics.median(module)
+    dummy, verbose = play(inventory, site, verbose=True)
+    trips = round_trips(verbose)
+    out["trips"] = {"min": min(trips.values()), "median": statistics.median(trips.values()), "max": max(trips.values()),
+                    "hosts": len(trips)}
+    return out
+
+
+def report(rows, runs):
+    lines = ["runs per figure: %d (medians, wall clock, seconds)" % runs, "",
+             "| hosts | one-task | site.yml (conv.) | ratio | drift.yml | ratio | smoke play | bare mpiexec play | ratio "
+             "| smoke launch | bare launch | ratio | smoke module (SSH checks + launch) | round trips/host (min/med/max) "
+             "| first converge |",
+             "|" + "---|" * 15]
+    for r in rows:
+        lines.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f "
+                     "| %s/%s/%s | %.0f |" % (
+                         r["size"], r["one"], r["site"], r["site"] / r["one"], r["drift"], r["drift"] / r["one"],
+                         r["smoke"], r["bare"], r["smoke"] / r["bare"], r["smoke_launch"], r["bare_launch"],
+                         r["smoke_launch"] / r["bare_launch"], r["smoke_module"],
+                         r["trips"]["min"], r["trips"]["median"], r["trips"]["max"],
+            r["site_first_s"]))
+    return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--lock", default=os.path.join(REPO, "lockfiles", "smoke-cpu.txt"))
-    parser.add_argument("--image", default=os.environ.get("LOCKSTEP_IMAGE_DEBIAN12", "localhost/lockstep-debian12:latest"))
-    parser.add_argument("--keep", action="store_true", help="keep the container and its volume")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", default="3,12")
+    parser.add_argument("--keep", action="store_true", help="leave the biggest lab up")
     args = parser.parse_args()
-    os.environ.setdefault("CONTAINERS_CONF", os.path.join(REPO, "lab", "containers.conf"))
-
-    lab = Lab(args)
-    lab.start()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    os.makedirs(RESULTS, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="lockstep-bench-")
+    for name, text in (("one-task.yml", ONE_TASK), ("smoke.yml", SMOKE), ("bare.yml", BARE)):
+        with open(os.path.join(work, name), "w") as handle:
+            handle.write(text)
+    rows = []
     try:
-        site = os.path.join(REPO, "playbooks", "site.yml")
-        one = lab.playbook(ONE_TASK, "one-task.yml")
-        venv = lab.playbook(PYENV_ONLY, "venv.yml")
-        lock_in = STATE + "/bench-lock.txt"
-        sh(["podman", "cp", lab.lock, "%s:%s" % (NAME, lock_in)])
-
-        first = lab.play(site)
-        print("site.yml first converge (bare host): %.1f s" % first)
-
-        site_t, site_s = median_of(args.runs, lambda i: lab.play(site))
-        one_t, one_s = median_of(args.runs, lambda i: lab.play(one))
-
-        bare_env = "export SSL_CERT_FILE=%s UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1;" % CA
-
-        def bare(cold):
-            def run(i):
-                clear = "rm -rf %s/bare-cache;" % STATE if cold else ""
-                return timed(in_container(
-                    bare_env + clear + "rm -rf %s/bare-venv; %s venv -q --python /usr/bin/python3 %s/bare-venv; "
-                    "%s pip sync -q --require-hashes --cache-dir %s/bare-cache --python %s/bare-venv/bin/python %s"
-                    % (STATE, UV, STATE, UV, STATE, STATE, lock_in)))
-            return run
-
-        inner = {}
-
-        def role(cold, label):
-            def run(i):
-                if cold:
-                    timed(in_container("rm -rf %s/uv-cache" % STATE))
-                # A fresh key each time: the role must build a new venv (never reuse one).
-                wall, module = lab.play_module_time(
-                    venv, "-e", json.dumps({"venv_env": {"BENCH_RUN": "%s-%d-%f" % (cold, i, time.time())}}))
-                inner.setdefault(label, []).append(module)
-                return wall
-            return run
-
-        # Prime the bare cache once so "warm" means warm for both.
-        bare(True)(0)
-        cold_role, cold_role_s = median_of(args.runs, role(True, "cold"))
-        cold_bare, cold_bare_s = median_of(args.runs, bare(True))
-        warm_role, warm_role_s = median_of(args.runs, role(False, "warm"))
-        warm_bare, warm_bare_s = median_of(args.runs, bare(False))
-
-        lab.play(venv)  # settle on the key of a plain venv run
-
-        def noop(i):
-            wall, module = lab.play_module_time(venv)
-            inner.setdefault("noop", []).append(module)
-            return wall
-        noop_role, noop_role_s = median_of(args.runs, noop)
-        noop_bare, noop_bare_s = median_of(args.runs, lambda i: timed(in_container(
-            bare_env + "%s pip sync -q --check --require-hashes --cache-dir %s/uv-cache --python /opt/lockstep/venv/bin/python %s"
-            % (UV, STATE, lock_in))))
-
-        rows = [
-            ("rerun", "site.yml converged re-run", site_t, "one-task play", one_t),
-            ("sync cold", "venv role, new venv, cold cache", cold_role, "bare uv venv + pip sync", cold_bare),
-            ("sync warm", "venv role, new venv, warm cache", warm_role, "bare uv venv + pip sync", warm_bare),
-            ("no-op", "venv role, nothing to do", noop_role, "bare uv pip sync --check", noop_bare),
-        ]
-        print("lock: %s, runs: %d (medians, wall clock)" % (os.path.relpath(lab.lock, REPO), args.runs))
-        print("%-10s %-36s %8s   %-26s %8s   %6s" % ("", "measured", "s", "floor", "s", "ratio"))
-        for key, what, t, floor, f in rows:
-            print("%-10s %-36s %8.2f   %-26s %8.2f   %6.1fx" % (key, what, t, floor, f, t / f))
-        # The same comparison without Ansible's per-task cost: the time uv_sync spent in the
-        # commands it ran (uv venv, sync, --check, the import validation, uv pip list).
-        print("inside the module (uv + validation only):")
-        for key, floor, label in (("sync cold", cold_bare, "cold"), ("sync warm", warm_bare, "warm"),
-                                  ("no-op", noop_bare, "noop")):
-            t = statistics.median(inner[label])
-            print("%-10s %-36s %8.2f   %-26s %8.2f   %6.1fx"
-                  % (key, "uv_sync's own commands", t, "same floor", floor, t / floor))
-        print("samples: site=%s one=%s cold_role=%s cold_bare=%s warm_role=%s warm_bare=%s noop_role=%s noop_bare=%s"
-              % tuple(["/".join("%.1f" % x for x in s) for s in
-                       (site_s, one_s, cold_role_s, cold_bare_s, warm_role_s, warm_bare_s, noop_role_s, noop_bare_s)]))
+        for size in sizes:
+            rows.append(bench_size(size, args.runs, work))
+            print(report(rows[-1:], args.runs), flush=True)
     finally:
-        lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep and max(sizes) > 3:
+            # The 3-host inventory removes the containers of every host it does not list.
+            play(os.path.join(REPO, "inventories", "lab"), os.path.join(REPO, "lab", "lab.yml"), "-e", "lab_state=up",
+                 check=False)
+    text = report(rows, args.runs)
+    print(text)
+    with open(os.path.join(RESULTS, "site-bench.md"), "w") as handle:
+        handle.write(text)
+    with open(os.path.join(RESULTS, "site-bench.json"), "w") as handle:
+        json.dump(rows, handle, indent=2)
 
 
 if __name__ == "__main__":

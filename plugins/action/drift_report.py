@@ -22,7 +22,15 @@ ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),
     run_id=dict(type="str", required=True),
     fail_on_drift=dict(type="bool", default=False),
+    cluster_var=dict(type="str", default="_validate_cluster"),
 )
+
+
+def cluster_problems(cluster):
+    """One line per disagreeing field and per host the smoke test blames."""
+    lines = ["%s: %s is %s, the others %s" % (host, d["field"], d["value"], d["reference"])
+             for host, found in sorted(cluster["gate"]["disagreements"].items()) for d in found]
+    return lines + list((cluster["smoke"] or {}).get("problems") or [])
 
 
 class ActionModule(ActionBase):
@@ -46,8 +54,13 @@ class ActionModule(ActionBase):
             # Templating the registered dict gives plain data to serialize.
             results[host] = self._templar.template(value) if value is not None else None
         lock = next((r["lock"] for r in results.values() if r and r.get("lock")), None)
+        # The launching host's registered cluster smoke result; the others skipped the task.
+        registered = [hostvars[h].get(args["cluster_var"]) for h in args["hosts"]
+                      if h in hostvars and hostvars[h].get(args["cluster_var"]) is not None]
+        cluster = next((r for r in registered if not r.get("skipped")), registered[0] if registered else None)
+        cluster = self._templar.template(cluster) if cluster is not None else None
         try:
-            built = report.write(os.path.abspath(args["dest"]), args["run_id"], args["hosts"], results, lock)
+            built = report.write(os.path.abspath(args["dest"]), args["run_id"], args["hosts"], results, lock, cluster)
         except (IOError, OSError) as exc:
             raise AnsibleActionFail("cannot write reports under %s: %s" % (args["dest"], to_native(exc)))
         result.update(
@@ -59,13 +72,15 @@ class ActionModule(ActionBase):
             drifted_hosts=built["drifted"],
             unreachable_hosts=built["unreachable"],
             consistency=built["consistency"],
+            cluster={"verdict": built["cluster"]["verdict"], "failed_hosts": built["cluster"]["failed_hosts"],
+                     "problems": cluster_problems(built["cluster"])},
         )
         bad = built["drifted"] + built["unreachable"]
         summary = "%d host(s): %d drifted, %d unreachable or failed, %d fingerprint(s); reports in %s" % (
             len(args["hosts"]), len(built["drifted"]), len(built["unreachable"]),
             len(built["consistency"]["groups"]), built["directory"],
         )
-        result["msg"] = summary
-        if bad and args["fail_on_drift"]:
+        result["msg"] = summary + "; cluster: %s" % built["cluster"]["verdict"]
+        if (bad or built["cluster"]["verdict"] == "fail") and args["fail_on_drift"]:
             result["failed"] = True
         return result

@@ -20,11 +20,13 @@ import time
 Result = collections.namedtuple("Result", "rc out err seconds timed_out")
 
 
-def run(argv, env=None, timeout=None, cwd=None):
+def run(argv, env=None, timeout=None, cwd=None, grace=None):
     """Run ``argv``; never raises for a child that cannot start (rc 127, the reason in err).
 
     ``rc`` is the exit status, negative for a signal (as subprocess reports it), None on a
-    timeout (the process group was killed).
+    timeout (the process group was killed). With ``grace`` (seconds), a timeout first sends
+    SIGTERM to the group, so a launcher can tear down what it started elsewhere, and SIGKILL
+    only after that.
     """
     start = time.time()
     try:
@@ -35,8 +37,16 @@ def run(argv, env=None, timeout=None, cwd=None):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
-        out, err = proc.communicate()
+        out = err = None
+        if grace:
+            kill_group(proc.pid, signal.SIGTERM)
+            try:
+                out, err = proc.communicate(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(proc.pid)  # stragglers of the group too
+        if out is None:
+            out, err = proc.communicate()
         return Result(None, out, err, round(time.time() - start, 3), True)
     except BaseException:
         # The module itself is being stopped (SIGTERM -> SystemExit): take the children along.
@@ -45,9 +55,9 @@ def run(argv, env=None, timeout=None, cwd=None):
     return Result(proc.returncode, out, err, round(time.time() - start, 3), False)
 
 
-def kill_group(pid):
+def kill_group(pid, sig=signal.SIGKILL):
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except OSError:
         pass
 

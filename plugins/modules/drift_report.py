@@ -57,11 +57,22 @@ options:
     type: str
     required: true
   fail_on_drift:
-    description: Fail when a host drifted, was unreachable or its check failed (after writing).
+    description: Fail when a host drifted, was unreachable or its check failed, or the cluster check failed (after writing).
     type: bool
     default: false
+  cluster_var:
+    description:
+      - Name of the variable the M(lockstep.cluster.cluster_smoke) result was registered in
+        (with C(run_once), on every host). Its verdict goes into the Cluster section.
+      - Whether or not it ran, the hosts that were checked are compared (the cross-host gate).
+    type: str
+    default: _validate_cluster
 notes:
   - Use with C(run_once).
+  - "The Cluster section of C(summary.md) and the C(cluster) testsuite of C(junit.xml): the
+    gate (every host must agree on lock sha256, venv path, Python, MPI library, MPI launcher,
+    mpi4py and its variant, uv; a host that disagrees is named with the field) and the smoke
+    test (per host: status or cause, ranks, timings)."
 """
 
 EXAMPLES = r"""
@@ -106,6 +117,10 @@ unreachable_hosts:
   elements: str
 consistency:
   description: C(consistent), C(groups) (fingerprint and hosts, largest first) and C(outliers) (host -> reference host and differences).
+  returned: success
+  type: dict
+cluster:
+  description: C(verdict) (C(pass) or C(fail)), C(failed_hosts) and C(problems) (one line per disagreeing field or failing host).
   returned: success
   type: dict
 """

@@ -17,6 +17,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import canonicalize_name
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster_report
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.drift import CHECKS
 
 STATUSES = ("ok", "drift", "error", "unreachable")
@@ -157,8 +158,9 @@ def summary_markdown(run_id, lock, rows, results, cons):
     return "\n".join(out).rstrip() + "\n"
 
 
-def junit_xml(run_id, rows, results, cons):
-    """One testcase per host and check: ``reachable``, each of drift.CHECKS, ``consistency``."""
+def junit_xml(run_id, rows, results, cons, extra_suites=()):
+    """One testcase per host and check: ``reachable``, each of drift.CHECKS, ``consistency``;
+    then ``extra_suites`` (the ``cluster`` testsuite)."""
     suite = ET.Element("testsuite", name="lockstep.env_drift", id=run_id)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
 
@@ -193,6 +195,8 @@ def junit_xml(run_id, rows, results, cons):
         suite.set(key, str(value))
     root = ET.Element("testsuites", name="lockstep drift %s" % run_id)
     root.append(suite)
+    for extra in extra_suites:
+        root.append(extra)
     if hasattr(ET, "indent"):  # Python >= 3.9: readable by people too
         ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -203,21 +207,24 @@ def safe_name(host):
     return re.sub(r"[^A-Za-z0-9._@-]+", "_", host)
 
 
-def build(run_id, hosts, results, lock=None):
+def build(run_id, hosts, results, lock=None, cluster=None):
     """Everything the reports hold, without touching the disk.
 
-    ``hosts``: every host of the play, ``results``: host -> env_drift result (or None).
+    ``hosts``: every host of the play, ``results``: host -> env_drift result (or None),
+    ``cluster``: the registered cluster_smoke result (None when it did not run).
     """
     results = dict((h, results.get(h)) for h in hosts)
     rows = [row(host, results[host]) for host in hosts]
     reachable = dict((h, r) for h, r in results.items() if host_status(r)[0] in ("ok", "drift"))
     cons = consistency(reachable)
     statuses = dict((r["host"], r["status"]) for r in rows)
+    cluster_part = cluster_report.build(hosts, results, cluster)
     return {
         "rows": rows,
         "table": text_table(rows),
-        "summary_md": summary_markdown(run_id, lock, rows, results, cons),
-        "junit_xml": junit_xml(run_id, rows, results, cons),
+        "summary_md": summary_markdown(run_id, lock, rows, results, cons) + cluster_report.markdown(cluster_part),
+        "junit_xml": junit_xml(run_id, rows, results, cons, [cluster_report.junit_suite(run_id, cluster_part)]),
+        "cluster": cluster_part,
         "consistency": cons,
         "statuses": statuses,
         "drifted": sorted(h for h, s in statuses.items() if s == "drift"),
@@ -225,9 +232,9 @@ def build(run_id, hosts, results, lock=None):
     }
 
 
-def write(directory, run_id, hosts, results, lock=None):
+def write(directory, run_id, hosts, results, lock=None, cluster=None):
     """Write the reports under ``directory/run_id``; returns build() plus the file paths."""
-    report = build(run_id, hosts, results, lock)
+    report = build(run_id, hosts, results, lock, cluster)
     target = os.path.join(directory, safe_name(run_id))
     if not os.path.isdir(target):
         os.makedirs(target)
@@ -247,6 +254,8 @@ def write(directory, run_id, hosts, results, lock=None):
         with open(path, "w") as handle:
             handle.write(report[key])
         files.append(path)
+    if cluster is not None:  # what the launching host saw, when the cluster smoke test ran
+        files.append(cluster_report.write_json(target, report["cluster"], cluster))
     # reports/latest -> the newest run, for people and CI steps that do not know the run id.
     latest = os.path.join(directory, "latest")
     if os.path.islink(latest) or not os.path.exists(latest):

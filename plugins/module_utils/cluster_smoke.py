@@ -1,0 +1,364 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host side of ``lockstep.cluster.cluster_smoke``: one ``mpiexec`` across the cluster, as the
+benchmark user, with the venv's own Python on every rank (stdlib only).
+
+Before the launch, one BatchMode ``ssh <host> true`` per host (in parallel) names the hosts
+SSH cannot reach, or whose host key does not match; the launch then covers the others. Each
+rank prints who it is before ``MPI_Init`` (host, venv, Python, mpi4py, the libmpi it loaded,
+what its launcher told it) and, after an allreduce and a ring exchange, what it saw. The
+controller judges all of it (plugin_utils.cluster_verdict); this side only collects.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_probe, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import OMPI_ROOT_ENV
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import read as read_env_file
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
+
+# Shared by the module (host) and the action plugin (which validates the task's arguments).
+ARGUMENT_SPEC = dict(
+    members=dict(type="list", elements="str", required=True),
+    result_var=dict(type="str", default="_validate_result"),
+    venv=dict(type="path", required=True),
+    user=dict(type="str", default="bench"),
+    hostfile=dict(type="path", default="/etc/lockstep/hostfile"),
+    launcher=dict(type="path"),
+    env_file=dict(type="path"),
+    environment=dict(type="dict", default={}),
+    preflight=dict(type="bool", default=True),
+    ssh_timeout=dict(type="int", default=10),
+    timeout=dict(type="int", default=120),
+    grace=dict(type="int", default=10),
+    # Set by the action plugin: the hostfile names of the members the controller reached.
+    hosts=dict(type="list", elements="str"),
+)
+
+TAG = "LOCKSTEP-CLUSTER "
+MEMBER_FILE = "cluster.json"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# argv[1]: this launch's token (finds stragglers), argv[2]: the member file.
+RANK_SCRIPT = r'''
+import hashlib, json, os, platform, re, socket, sys, sysconfig, time
+start = time.time()
+def say(doc):
+    doc.update(pid=os.getpid(), hostname=socket.gethostname())
+    sys.stdout.write("LOCKSTEP-CLUSTER " + json.dumps(doc) + "\n")
+    sys.stdout.flush()
+me = {"phase": "id", "token": sys.argv[1],
+      "prefix": os.path.realpath(sys.prefix), "executable": sys.executable,
+      "python": platform.python_version()}
+try:
+    with open(sys.argv[2]) as handle:
+        me["member"] = json.load(handle).get("host")
+except (IOError, OSError, ValueError):
+    me["member"] = None
+for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"):
+    if os.environ.get(key, "").isdigit():
+        me["env_rank"] = int(os.environ[key])
+        break
+me["launched_by"] = ("openmpi" if "OMPI_COMM_WORLD_SIZE" in os.environ or "PMIX_NAMESPACE" in os.environ
+                     else "mpich" if "PMI_SIZE" in os.environ or "PMI_FD" in os.environ else None)
+try:
+    from importlib import metadata
+    paths = sorted(set([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    pins = sorted("%s==%s" % (re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version)
+                  for d in metadata.distributions(path=paths) if d.metadata["Name"])
+    me["packages_sha256"] = hashlib.sha256("\n".join(pins).encode("utf-8")).hexdigest()
+except Exception as exc:
+    me["packages_error"] = "%s: %s" % (type(exc).__name__, exc)
+try:
+    import mpi4py
+    me["mpi4py"] = mpi4py.__version__
+    mpi4py.rc.initialize = mpi4py.rc.finalize = False
+    from mpi4py import MPI
+    me["extension"] = MPI.__file__
+    me["library_version"] = MPI.Get_library_version().strip("\x00 \n")
+except ImportError as exc:
+    me["import_error"] = str(exc)
+except Exception as exc:
+    me["import_error"] = "%s: %s" % (type(exc).__name__, exc)
+libs = []
+with open("/proc/self/maps") as maps:
+    for line in maps:
+        fields = line.split()
+        if len(fields) >= 6 and re.match(r"^lib(mpi|mpich)\.so(\.[0-9]+)*$", os.path.basename(fields[-1])):
+            if fields[-1] not in libs:
+                libs.append(fields[-1])
+me["libmpi"] = [os.path.realpath(p) for p in libs]
+me["startup_s"] = round(time.time() - start, 3)
+say(me)
+if "import_error" in me:
+    sys.exit(3)
+t0 = time.time()
+MPI.Init()
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+say({"phase": "init", "rank": rank, "size": size, "init_s": round(time.time() - t0, 3)})
+t1 = time.time()
+total = comm.allreduce(rank, op=MPI.SUM)
+got = comm.sendrecv(rank, dest=(rank + 1) % size, source=(rank - 1) % size)
+say({"phase": "done", "rank": rank, "size": size, "allreduce": total, "ring_from": got,
+     "collectives_s": round(time.time() - t1, 3)})
+MPI.Finalize()
+'''
+
+
+def parse_hostfile(text):
+    """``[(name, line)]`` of a hostfile in either syntax (``host slots=N`` or ``host:N``)."""
+    entries = []
+    for line in (text or "").splitlines():
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        name = re.split(r"[\s:]", body, maxsplit=1)[0]
+        entries.append((name, line.strip()))
+    return entries
+
+
+def user_env(user, base_venv, env_file, extra):
+    """The launcher's environment: a clean login-like base for ``user``, then the venv's."""
+    base = {"PATH": SYSTEM_PATH, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+            "SHELL": user.pw_shell or "/bin/sh", "LANG": "C.UTF-8"}
+    env, used = venv_environment(base_venv, base, env_file, extra)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env, used
+
+
+def as_user(argv, user):
+    """``argv`` run as ``user`` (setpriv from util-linux: no PAM, no password, no tty)."""
+    if os.geteuid() == user.pw_uid:
+        return list(argv)
+    return ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--init-groups", "--"] + list(argv)
+
+
+# The daemon a launcher starts on every other host over SSH (Open MPI 4 / 5, MPICH's Hydra).
+DAEMONS = {"openmpi": ("orted", "prted"), "mpich": ("hydra_pmi_proxy",)}
+NO_DAEMON = 3
+
+
+def daemon_probe(flavor, launcher_dir):
+    """Remote shell code: exit 0 when the launcher's daemon is on the non-interactive PATH or
+    beside the launcher (RHEL keeps MPI off PATH), else NO_DAEMON."""
+    names = DAEMONS.get(flavor)
+    if not names:
+        return "true"
+    return "for d in %s; do command -v $d >/dev/null 2>&1 && exit 0; [ -x %s/$d ] && exit 0; done; exit %d" % (
+        " ".join(names), shlex.quote(launcher_dir), NO_DAEMON)
+
+
+def ssh_check(host, user, env, timeout, command="true", flavor=None):
+    """One BatchMode ``ssh host <command>`` as ``user``: ``{"ok", "rc", "seconds", "error"}``
+    (and ``cause`` when SSH worked but the launcher's daemon is missing there)."""
+    argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host, command], user)
+    result = proc.run(argv, env, timeout + 5)
+    entry = {"ok": result.rc == 0, "rc": result.rc, "seconds": result.seconds}
+    if result.rc == NO_DAEMON:
+        entry["cause"] = "flavor_mismatch"
+        entry["error"] = "no %s (the %s launcher's daemon) on %s" % ("/".join(DAEMONS[flavor]), flavor, host)
+    elif result.rc != 0:
+        entry["error"] = proc.tail(result.err, 4) or proc.describe(result, "ssh %s" % host, timeout + 5)
+    return entry
+
+
+def preflight(hosts, user, env, timeout, command="true", flavor=None):
+    """ssh_check for every host, in parallel."""
+    found = {}
+
+    def check(host):
+        found[host] = ssh_check(host, user, env, timeout, command, flavor)
+
+    threads = [threading.Thread(target=check, args=(h,)) for h in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
+
+
+def launch_command(launcher, flavor, hostfile, ranks, python, token, member_file, forward, as_root):
+    """One rank per host: Open MPI ``--map-by node``, MPICH ``-ppn 1``; never a prompt (BatchMode)."""
+    if flavor == "openmpi":
+        argv = [launcher, "--hostfile", hostfile, "-n", str(ranks), "--map-by", "node",
+                "--mca", "plm_rsh_args", "-o BatchMode=yes"]
+        if as_root:
+            argv.append("--allow-run-as-root")
+        for key in forward:
+            argv += ["-x", key]
+    elif flavor == "mpich":
+        # Hydra forwards the whole environment by default; ssh reads BatchMode from ~/.ssh/config.
+        argv = [launcher, "-f", hostfile, "-launcher", "ssh", "-n", str(ranks), "-ppn", "1"]
+    else:
+        raise ValueError("cannot launch with a launcher of unknown flavor (%s)" % launcher)
+    return argv + [python, "-c", RANK_SCRIPT, token, member_file]
+
+
+def forwarded(env, env_file_vars, extra):
+    """What Open MPI must carry to remote ranks (-x): the venv's own variables."""
+    keys = ["PATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "LD_LIBRARY_PATH"] + sorted(env_file_vars) + sorted(extra)
+    out = []
+    for key in keys:
+        if key in env and key not in out and not key.startswith("OMPI_"):
+            out.append(key)
+    return out
+
+
+def parse_ranks(stdout):
+    """``([{"id": {...}, "init": {...}, "done": {...}}], other_lines)``: the tagged JSON lines
+    grouped per rank process (host and pid), and every other line."""
+    ranks = {}
+    other = []
+    for line in (stdout or "").splitlines():
+        if line.startswith(TAG):
+            try:
+                doc = json.loads(line[len(TAG):])
+            except ValueError:
+                other.append(line)
+                continue
+            # Containers have pid namespaces of their own: a pid is unique per host only.
+            key = "%s:%s" % (doc.get("hostname") or "", doc.get("pid"))
+            ranks.setdefault(key, {})[doc.get("phase", "?")] = doc
+        else:
+            other.append(line)
+    return [ranks[k] for k in sorted(ranks)], other
+
+
+def stragglers(hosts, user, env, token, timeout, me=None):
+    """After a failed launch: the processes of this launch still alive on each host (by the
+    token on their command line), killed by pid. ``{host: [pids]}`` of what was found; this
+    host (``me``) is swept without SSH."""
+    found = {}
+    # "[l]ockstep-…" matches the ranks' command lines but not this shell's own.
+    script = ("pids=$(pgrep -u %d -f '[%s]%s'); [ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
+              % (user.pw_uid, token[0], token[1:]))
+
+    def sweep(host):
+        if host == me:
+            argv = as_user(["sh", "-c", script], user)
+        else:
+            argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host, script], user)
+        result = proc.run(argv, env, timeout + 5)
+        pids = [int(p) for p in (result.out or "").split() if p.isdigit()]
+        if pids:
+            found[host] = pids
+
+    threads = [threading.Thread(target=sweep, args=(h,)) for h in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
+
+
+def own_name(hostfile):
+    """This host's name in the hostfile: the member file beside it says, else gethostname."""
+    try:
+        with open(os.path.join(os.path.dirname(hostfile), MEMBER_FILE)) as handle:
+            name = json.load(handle).get("name")
+        if name:
+            return name
+    except (IOError, OSError, ValueError):
+        pass
+    return socket.gethostname()
+
+
+def private_hostfile(entries, user):
+    """A hostfile of only ``entries`` (their original lines), readable by ``user``."""
+    directory = tempfile.mkdtemp(prefix="lockstep-smoke-")
+    os.chown(directory, user.pw_uid, user.pw_gid)
+    path = os.path.join(directory, "hostfile")
+    with open(path, "w") as handle:
+        handle.write("\n".join(line for dummy, line in entries) + "\n")
+    os.chmod(path, 0o644)
+    return directory, path
+
+
+def run(params, base_env):
+    """Everything the controller needs to judge the launch (see the module's RETURN)."""
+    begun = time.time()
+    try:
+        user = pwd.getpwnam(params["user"])
+    except KeyError:
+        return {"error": "user %s does not exist" % params["user"], "stage": "user"}
+    out = {"user": params["user"], "venv": params["venv"], "hostfile": params["hostfile"], "timeout": params["timeout"]}
+    try:
+        with open(params["hostfile"]) as handle:
+            entries = parse_hostfile(handle.read())
+    except (IOError, OSError) as exc:
+        out.update(stage="hostfile", error="cannot read the hostfile %s: %s" % (params["hostfile"], exc))
+        return out
+    wanted = params["hosts"] if params["hosts"] is not None else [name for name, dummy in entries]
+    out["hostfile_hosts"] = [name for name, dummy in entries]
+    out["not_in_hostfile"] = [h for h in wanted if h not in out["hostfile_hosts"]]
+    chosen = [(name, line) for name, line in entries if name in wanted]
+    python = os.path.join(params["venv"], "bin", "python")
+    env, env_file = user_env(user, params["venv"], params["env_file"], params["environment"])
+    launcher = mpi_probe.launcher_facts(mpi_probe.find_launcher(env, params["launcher"]), env, 30)
+    out["launcher"] = launcher
+    # The launcher starts its own host's rank without SSH: no login to itself is needed.
+    me = own_name(params["hostfile"])
+    remote = [n for n, dummy in chosen if n != me]
+    probe = daemon_probe(launcher.get("flavor"), os.path.dirname(launcher.get("realpath") or "/usr/bin"))
+    out["preflight"] = preflight(remote, user, env, params["ssh_timeout"], probe, launcher.get("flavor")) \
+        if params["preflight"] else {}
+    launch = [(n, line) for n, line in chosen if out["preflight"].get(n, {"ok": True})["ok"]]
+    out["launched_hosts"] = [n for n, dummy in launch]
+    if not os.access(python, os.X_OK):
+        out.update(stage="venv", error="%s is not an executable on the launching host" % python)
+        return out
+    if not launch:
+        out.update(stage="preflight", error="no host of the hostfile passed the SSH check")
+        return out
+    if not launcher.get("path") or launcher.get("flavor") not in ("openmpi", "mpich"):
+        out.update(stage="launcher", error=launcher.get("error") or "cannot tell the launcher's flavor")
+        return out
+    token = "lockstep-smoke-%s" % uuid.uuid4().hex[:16]
+    member_file = os.path.join(os.path.dirname(params["hostfile"]), MEMBER_FILE)
+    directory = None
+    hostfile = params["hostfile"]
+    if len(launch) != len(entries):
+        directory, hostfile = private_hostfile(launch, user)
+    as_root = user.pw_uid == 0
+    env_file_vars = set()
+    if env_file:
+        env_file_vars = set(read_env_file(env_file))
+    if as_root and launcher["flavor"] == "openmpi":
+        env.update(OMPI_ROOT_ENV)
+    argv = launch_command(launcher["path"], launcher["flavor"], hostfile, len(launch), python, token, member_file,
+                          forwarded(env, env_file_vars, params["environment"]), as_root)
+    try:
+        started = time.time()
+        result = proc.run(as_user(argv, user), env, params["timeout"], grace=params["grace"])
+        out["seconds"] = round(time.time() - started, 3)
+    finally:
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+    out["command"] = argv[:-3] + ["<rank script>", token, member_file]
+    out["returncode"] = result.rc
+    out["timed_out"] = result.timed_out
+    out["token"] = token
+    out["ranks"], other = parse_ranks(result.out)
+    out["stdout_tail"] = proc.tail("\n".join(other), 20)
+    out["stderr_tail"] = proc.tail(result.err, 40)
+    out["expected_ranks"] = len(launch)
+    if result.timed_out or result.rc != 0:
+        out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me)
+    out["total_seconds"] = round(time.time() - begun, 3)
+    return out

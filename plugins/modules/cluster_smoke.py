@@ -1,0 +1,174 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Host side (thin shell); the controller half is plugins/action/cluster_smoke.py.
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: cluster_smoke
+short_description: One MPI launch across the cluster, as the benchmark user, judged per host
+version_added: 0.2.0
+description:
+  - Run once, on one member (the launching host), after M(lockstep.cluster.env_drift) ran on
+    every member. Read-only on every host.
+  - First one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
+    looks for the launcher's daemon there (C(orted)/C(prted) or C(hydra_pmi_proxy)). A host
+    SSH cannot reach, that refuses the login, whose host key does not match or that lacks the
+    daemon is named with that cause and left out of the launch.
+  - "Then one C(mpiexec) across the remaining members, as O(user) (privileges dropped with
+    C(setpriv)), with O(hostfile) (only its lines of the launched hosts) and the venv's own
+    C(<venv>/bin/python) on every rank, one rank per host. Open MPI: C(--hostfile),
+    C(--map-by node), C(--mca plm_rsh_args \"-o BatchMode=yes\"), the venv's variables
+    forwarded with C(-x), C(--allow-run-as-root) only when O(user) is root. MPICH:
+    C(-f hostfile -launcher ssh -ppn 1)."
+  - Each rank reports, before C(MPI_Init), its host, the venv's real path, the Python and
+    mpi4py versions, the libmpi it loaded, C(MPI.Get_library_version()) and a digest of the
+    installed packages; then it does an allreduce and a ring exchange.
+  - On O(timeout) the launcher's process group gets SIGTERM (the launcher tears down its
+    remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
+    on any host are then found by the launch's token and killed by pid.
+  - The action plugin judges the launch on the controller against each host's own
+    M(lockstep.cluster.env_drift) result (O(result_var)) and names one cause per host - not
+    reachable over SSH, host key mismatch, login refused, the venv's Python missing, mpi4py
+    import error, launcher/flavor mismatch, environment on the rank differs from the host's
+    own report, rank missing, rank failed.
+author:
+  - lockstep.cluster maintainers (@lockstep)
+extends_documentation_fragment:
+  - lockstep.cluster.attributes
+  - lockstep.cluster.attributes.ACTION
+  - lockstep.cluster.attributes.PLATFORM
+attributes:
+  check_mode:
+    support: full
+    details: Changes nothing on any host, so check mode launches the same way.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with C(setpriv) (util-linux), C(ssh) and C(pgrep).
+options:
+  members:
+    description: Every host of the group (inventory names), usually C(ansible_play_hosts_all).
+    type: list
+    elements: str
+    required: true
+  result_var:
+    description:
+      - Variable each member registered its M(lockstep.cluster.env_drift) result in. Members
+        without a result there (unreachable, failed) are not launched on.
+      - Empty to launch on every member without comparing the ranks with their hosts' reports.
+    type: str
+    default: _validate_result
+  venv:
+    description: The venv whose C(bin/python) every rank runs (the same path on every host).
+    type: path
+    required: true
+  user:
+    description: The benchmark user the launch runs as.
+    type: str
+    default: bench
+  hostfile:
+    description: The hostfile the cluster role wrote (C(cluster.json) beside it names each member).
+    type: path
+    default: /etc/lockstep/hostfile
+  launcher:
+    description: The launcher. Default C(mpiexec), then C(mpirun), on the venv's C(PATH).
+    type: path
+  env_file:
+    description: C(KEY=VALUE) file applied to the launch environment; default C(<venv>/lockstep.env) when present.
+    type: path
+  environment:
+    description: Extra environment for the launch (forwarded to every rank).
+    type: dict
+    default: {}
+  preflight:
+    description: Check SSH to every other member before the launch (names unreachable hosts and host key mismatches).
+    type: bool
+    default: true
+  ssh_timeout:
+    description: Connect timeout (seconds) of each SSH check.
+    type: int
+    default: 10
+  timeout:
+    description: Seconds allowed for the launch.
+    type: int
+    default: 120
+  grace:
+    description: Seconds between SIGTERM and SIGKILL when the launch times out.
+    type: int
+    default: 10
+  hosts:
+    description: Internal, set by the action plugin; hostfile names of the members the controller reached.
+    type: list
+    elements: str
+notes:
+  - Use with C(run_once) and C(delegate_to) a member whose own check succeeded.
+seealso:
+  - module: lockstep.cluster.cluster_setup
+  - module: lockstep.cluster.env_drift
+"""
+
+EXAMPLES = r"""
+- name: Audit every host
+  lockstep.cluster.env_drift:
+    venv: /opt/lockstep/venv
+    lockfile: lockfiles/smoke-cpu.txt
+    fail_on_drift: false
+  register: drift
+
+- name: One launch across every host as bench
+  lockstep.cluster.cluster_smoke:
+    members: "{{ ansible_play_hosts_all }}"
+    result_var: drift
+    venv: /opt/lockstep/venv
+  run_once: true
+  register: cluster
+"""
+
+RETURN = r"""
+passed:
+  description: Every member launched a rank that matched its own report and finished the collectives.
+  returned: always
+  type: bool
+verdict:
+  description:
+    - C(launch_host), C(passed), C(problems) (one line per failing host) and C(hosts) - per
+      member its C(status) (C(ok) or the cause), C(message), C(ranks) and C(timings)
+      (C(ssh_s), C(startup_s), C(init_s), C(collectives_s)).
+  returned: always
+  type: dict
+smoke:
+  description:
+    - What the launching host saw - C(launcher), C(preflight) per host, C(launched_hosts),
+      C(command), C(returncode), C(timed_out), C(seconds), C(ranks) (each rank's tagged
+      reports), C(stderr_tail), C(stragglers) (pids killed after a failed launch), C(error).
+  returned: always
+  type: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC, run
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if module.params["env_file"] and not os.path.isfile(module.params["env_file"]):
+        module.fail_json(msg="env_file %s does not exist" % module.params["env_file"])
+    try:
+        result = run(module.params, dict(os.environ))
+    except (IOError, OSError, ValueError) as exc:
+        module.fail_json(msg="cluster smoke test failed to run: %s" % exc)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

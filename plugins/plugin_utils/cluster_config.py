@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side: what every member of a cluster must hold, computed from the play's hostvars.
+
+The members, their names and addresses, their SSH host keys (from the facts site.yml already
+gathered: no extra round trip), the hostfile in the MPI flavor's syntax, and the cluster's
+own SSH key pair, generated once on the controller and never printed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+
+# cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
+# import check (Jinja2 and PyYAML only) does not, and ansible-lint refuses sanity ignores.
+try:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+except ImportError as exc:
+    CRYPTOGRAPHY_ERROR = exc
+else:
+    CRYPTOGRAPHY_ERROR = None
+
+# The facts `setup` gathers in its `ssh_pub_keys` subset (part of `min`), in preference order.
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+KEY_NAME = "id_lockstep"
+BEGIN = "# BEGIN lockstep.cluster (managed block: edits inside are replaced)"
+END = "# END lockstep.cluster"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names and addresses that may go into a hostfile, known_hosts and an ssh_config Host line.
+_HOST_TOKEN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:%-]*$")
+
+
+class ClusterConfigError(ValueError):
+    """Input that cannot make a working cluster (names the host and the variable)."""
+
+
+def host_keys(facts):
+    """``[(keytype, base64)]`` from one host's ``ansible_facts`` (``ssh_host_key_<t>_public``)."""
+    keys = []
+    for kind in HOST_KEY_TYPES:
+        blob = (facts or {}).get("ssh_host_key_%s_public" % kind)
+        keytype = (facts or {}).get("ssh_host_key_%s_public_keytype" % kind)
+        if blob and keytype:
+            keys.append((keytype, blob))
+    return keys
+
+
+def member(name, hostvars, default_slots):
+    """One member as the others see it: ``name`` (what the hostfile says and ssh dials),
+    ``aliases`` (every name and address known_hosts carries), ``slots``, ``host_keys``, and
+    ``facts`` (False when the host was never reached in this play)."""
+    address = str(hostvars.get("cluster_address") or name)
+    slots = hostvars.get("cluster_slots_per_host", default_slots)
+    try:
+        slots = int(slots)
+    except (TypeError, ValueError):
+        slots = 0
+    if slots < 1:
+        raise ClusterConfigError("%s: cluster_slots_per_host must be a positive integer (got %r)"
+                                 % (name, hostvars.get("cluster_slots_per_host", default_slots)))
+    aliases = []
+    for token in (address, name, hostvars.get("ansible_host")):
+        if token and str(token) not in aliases:
+            aliases.append(str(token))
+    for token in aliases:
+        if not _HOST_TOKEN.match(token):
+            raise ClusterConfigError("%s: %r cannot be a host name in a hostfile or known_hosts" % (name, token))
+    facts = hostvars.get("ansible_facts") or {}
+    return {"inventory_name": name, "name": address, "aliases": aliases, "slots": slots,
+            "host_keys": host_keys(facts), "facts": bool(facts)}
+
+
+def members(names, hostvars, default_slots=1):
+    """``(members, left_out)``: hosts whose facts were gathered, in play order; hosts without
+    facts (unreachable in this play) are left out and named. A reached host without any SSH
+    host key cannot be pinned: an error when there is anyone to pin it for."""
+    found, left_out = [], []
+    for name in names:
+        entry = member(name, hostvars.get(name) or {}, default_slots)
+        if not entry["facts"]:
+            left_out.append(name)
+        else:
+            found.append(entry)
+    if len(found) > 1:
+        keyless = [m["inventory_name"] for m in found if not m["host_keys"]]
+        if keyless:
+            raise ClusterConfigError(
+                "no SSH host key in the facts of %s: is openssh-server installed and were its host keys "
+                "generated? (facts must include the ssh_pub_keys subset, e.g. gather_subset: min)" % ", ".join(keyless))
+    seen = {}
+    for entry in found:
+        if entry["name"] in seen:
+            raise ClusterConfigError("%s and %s both use the cluster address %s"
+                                     % (seen[entry["name"]], entry["inventory_name"], entry["name"]))
+        seen[entry["name"]] = entry["inventory_name"]
+    return found, left_out
+
+
+def hostfile(cluster, flavor, entries):
+    """The hostfile in the launcher's own syntax: Open MPI ``host slots=N``, MPICH/Hydra ``host:N``."""
+    if flavor == "openmpi":
+        lines = ["%s slots=%d" % (m["name"], m["slots"]) for m in entries]
+    elif flavor == "mpich":
+        lines = ["%s:%d" % (m["name"], m["slots"]) for m in entries]
+    else:
+        raise ClusterConfigError("no hostfile syntax for MPI flavor %r (openmpi or mpich)" % flavor)
+    header = "# Written by lockstep.cluster: cluster %s, %s syntax, one line per host." % (cluster, flavor)
+    return "\n".join([header] + lines) + "\n"
+
+
+def known_hosts_block(entries):
+    lines = ["%s %s %s" % (",".join(m["aliases"]), kind, blob) for m in entries for kind, blob in m["host_keys"]]
+    return block(lines)
+
+
+def authorized_keys_block(public_key):
+    return block([public_key])
+
+
+def ssh_config_block(entries, identity):
+    """ssh_config for the members: never prompt (BatchMode), never accept an unknown host key,
+    and the cluster key when lockstep manages it (``identity``: path relative to ~, or None)."""
+    names = []
+    for entry in entries:
+        names += [a for a in entry["aliases"] if a not in names]
+    lines = ["Host " + " ".join(names), "    BatchMode yes", "    StrictHostKeyChecking yes"]
+    if identity:
+        lines += ["    IdentityFile ~/%s" % identity, "    IdentitiesOnly yes"]
+    return block(lines)
+
+
+def root_env_block():
+    """Open MPI's run-as-root switch for a cluster user that is root (at the top of ~/.bashrc,
+    so non-interactive shells see it too)."""
+    return block(["export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"])
+
+
+def block(lines):
+    return "\n".join([BEGIN] + list(lines) + [END]) + "\n"
+
+
+def key_paths(key_dir, cluster):
+    if not _SAFE_NAME.match(cluster or ""):
+        raise ClusterConfigError("cluster_name %r: letters, digits, '.', '_' and '-' only" % cluster)
+    private = os.path.join(key_dir, "%s_ed25519" % cluster)
+    return private, private + ".pub"
+
+
+def ensure_key_pair(key_dir, cluster, create=True):
+    """The cluster's key pair on the controller: ``(private_path, public_line, created)``.
+
+    Made once (ed25519, OpenSSH format, mode 0600) under a lock, so the forks of one play all
+    read the same pair. With ``create`` False (check mode) a missing pair is reported as
+    ``(path, None, True)`` and nothing is written.
+    """
+    private, public = key_paths(key_dir, cluster)
+    if os.path.isfile(private) and os.path.isfile(public):
+        return private, read_public(public), False
+    if not create:
+        return private, None, True
+    if CRYPTOGRAPHY_ERROR is not None:
+        raise ClusterConfigError("the Python library 'cryptography' (an ansible-core dependency) is required on "
+                                 "the controller to make the cluster key pair: %s" % CRYPTOGRAPHY_ERROR)
+    os.makedirs(key_dir, mode=0o700, exist_ok=True)
+    with open(os.path.join(key_dir, ".%s.lock" % cluster), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(private) and os.path.isfile(public):
+            return private, read_public(public), False
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+        line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        line = line.decode("ascii") + " lockstep-cluster-%s" % cluster
+        _write_private(private, pem)
+        with open(public + ".tmp", "w") as handle:
+            handle.write(line + "\n")
+        os.chmod(public + ".tmp", 0o644)
+        os.rename(public + ".tmp", public)
+    return private, line, True
+
+
+def _write_private(path, data):
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.rename(tmp, path)
+
+
+def read_public(path):
+    with open(path) as handle:
+        line = handle.read().strip()
+    if not re.match(r"^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$", line):
+        raise ClusterConfigError("%s is not an OpenSSH ed25519 public key" % path)
+    return line
+
+
+def file_sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
