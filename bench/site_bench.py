@@ -199,7 +199,7 @@ def report(rows, runs):
                          r["smoke"], r["bare"], r["smoke"] / r["bare"], r["smoke_launch"], r["bare_launch"],
                          r["smoke_launch"] / r["bare_launch"], r["smoke_module"],
                          r["trips"]["min"], r["trips"]["median"], r["trips"]["max"],
-            r["site_first_s"]))
+                         r["site_first_s"]))
     return "\n".join(lines) + "\n"
 
 

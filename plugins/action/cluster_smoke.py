@@ -1,4 +1,4 @@
-# -*- coding: utf-8 -*-
+# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller half of lockstep.cluster.cluster_smoke: pick the members the controller reached,
@@ -60,6 +60,6 @@ class ActionModule(ActionBase):
         verdict = smoke_verdict(members, results, smoke, launch_host)
         # The verdict is the outcome; the reports (drift_report) decide whether it fails the play.
         result.update(changed=False, passed=verdict["passed"], verdict=verdict, smoke=smoke)
-        result["msg"] = "cluster smoke %s: %s" % ("passed" if verdict["passed"] else "FAILED",
-                                                 "; ".join(verdict["problems"]) or "every host ran its rank")
+        outcome = "passed" if verdict["passed"] else "FAILED"
+        result["msg"] = "cluster smoke %s: %s" % (outcome, "; ".join(verdict["problems"]) or "every host ran its rank")
         return result

@@ -1,4 +1,4 @@
-# -*- coding: utf-8 -*-
+# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller half of lockstep.cluster.mpi_select: ask the host once; only when the flavor's

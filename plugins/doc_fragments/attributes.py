@@ -1,4 +1,4 @@
-# -*- coding: utf-8 -*-
+# Controller side: documentation only, read by ansible-doc and validate-modules.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side: the descriptions of the ``attributes`` every lockstep.cluster module declares

@@ -1,4 +1,4 @@
-# -*- coding: utf-8 -*-
+# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Host side of ``lockstep.cluster.mpi_select``: its option spec and the one call the module makes

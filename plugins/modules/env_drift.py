@@ -1,8 +1,7 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
+# Host side (thin shell); the controller half is plugins/action/env_drift.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-# Host side (thin shell); the controller half is plugins/action/env_drift.py.
 
 from __future__ import absolute_import, division, print_function
 

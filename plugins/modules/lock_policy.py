@@ -1,7 +1,6 @@
-# -*- coding: utf-8 -*-
+# Controller side: documentation only, the work is done by plugins/action/lock_policy.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-# Controller side: documentation only, the work is done by plugins/action/lock_policy.py.
 
 DOCUMENTATION = r"""
 ---

@@ -1,4 +1,4 @@
-# -*- coding: utf-8 -*-
+# Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side: what lockstep.cluster.uv_sync does for one host with a wheelhouse — pick the

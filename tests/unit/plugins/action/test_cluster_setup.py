@@ -23,8 +23,8 @@ def hostvars():
 class Host(object):
     """Answers module runs like the host would; `state` maps a file kind to its plan action."""
 
-    def __init__(self, user=USER, differs=()):
-        self.user = dict(user)
+    def __init__(self, user=None, differs=()):
+        self.user = dict(user or USER)
         self.differs = set(differs)
         self.calls = []
         self.pushed = []

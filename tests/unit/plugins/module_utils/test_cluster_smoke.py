@@ -4,7 +4,6 @@ syntaxes, the launch command per flavor, rank reports grouped per host, the rank
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
