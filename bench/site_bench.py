@@ -4,6 +4,8 @@ Prints ratios, asserts nothing. For each lab size (3 = inventories/lab, bigger o
 generated under .cache/lab<N>/ and share the lab's network, key pair and containers):
 
   site      converged site.yml            vs  a one-task play (ping) on the same hosts
+  provision converged site.yml --skip-tags validate (facts + the four provisioning roles)
+                                          vs  the one-task play
   drift     drift.yml                     vs  the one-task play
   smoke     a play of the cluster smoke task alone (no env_drift: launch and verdict only)
                                           vs  a play of a bare `mpiexec -n N -host a,b,… hostname`
@@ -154,6 +156,8 @@ def bench_size(size, runs, work):
     out = {"size": size, "lab_up_s": up, "site_first_s": first}
     out["site"], out["site_samples"] = median(lambda: play(inventory, site)[0], runs)
     out["one"], out["one_samples"] = median(lambda: play(inventory, one)[0], runs)
+    out["provision"], out["provision_samples"] = median(
+        lambda: play(inventory, site, "--skip-tags", "validate")[0], runs)
     out["drift"], out["drift_samples"] = median(lambda: play(inventory, drift)[0], runs)
     launch, module = [], []
 
@@ -183,23 +187,27 @@ def bench_size(size, runs, work):
     trips = round_trips(verbose)
     out["trips"] = {"min": min(trips.values()), "median": statistics.median(trips.values()), "max": max(trips.values()),
                     "hosts": len(trips)}
+    dummy, verbose = play(inventory, site, "--skip-tags", "validate", verbose=True)
+    trips = round_trips(verbose)
+    out["provision_trips"] = {"min": min(trips.values()), "max": max(trips.values())}
     return out
 
 
 def report(rows, runs):
     lines = ["runs per figure: %d (medians, wall clock, seconds)" % runs, "",
-             "| hosts | one-task | site.yml (conv.) | ratio | drift.yml | ratio | smoke play | bare mpiexec play | ratio "
-             "| smoke launch | bare launch | ratio | smoke module (SSH checks + launch) | round trips/host (min/med/max) "
-             "| first converge |",
-             "|" + "---|" * 15]
+             "| hosts | one-task | site.yml (conv.) | ratio | provision only | ratio | drift.yml | ratio | smoke play "
+             "| bare mpiexec play | ratio | smoke launch | bare launch | ratio | smoke module (SSH checks + launch) "
+             "| round trips/host (min/med/max) | provision round trips (min/max) | first converge |",
+             "|" + "---|" * 18]
     for r in rows:
-        lines.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f "
-                     "| %s/%s/%s | %.0f |" % (
-                         r["size"], r["one"], r["site"], r["site"] / r["one"], r["drift"], r["drift"] / r["one"],
+        lines.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f | %.2f "
+                     "| %.2fx | %.2f | %s/%s/%s | %s/%s | %.0f |" % (
+                         r["size"], r["one"], r["site"], r["site"] / r["one"], r["provision"],
+                         r["provision"] / r["one"], r["drift"], r["drift"] / r["one"],
                          r["smoke"], r["bare"], r["smoke"] / r["bare"], r["smoke_launch"], r["bare_launch"],
                          r["smoke_launch"] / r["bare_launch"], r["smoke_module"],
                          r["trips"]["min"], r["trips"]["median"], r["trips"]["max"],
-                         r["site_first_s"]))
+                         r["provision_trips"]["min"], r["provision_trips"]["max"], r["site_first_s"]))
     return "\n".join(lines) + "\n"
 
 
