@@ -60,9 +60,9 @@ def _kind(mode):
     return "other"
 
 
-def scan(root):
-    """``{relative path: os.stat_result}`` of every entry under ``root`` (symlinks not followed)."""
-    found = {}
+def walk(root):
+    """Yield ``(relative path, os.stat_result)`` for every entry under ``root``, one lstat each
+    (symlinks not followed); a subdirectory that vanishes or cannot be read is passed over."""
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -76,10 +76,14 @@ def scan(root):
             for entry in entries:
                 path = rel + "/" + entry.name if rel else entry.name
                 st = entry.stat(follow_symlinks=False)
-                found[path] = st
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(path)
-    return found
+                yield path, st
+
+
+def scan(root):
+    """``{relative path: os.stat_result}`` of every entry under ``root`` (symlinks not followed)."""
+    return dict(walk(root))
 
 
 def digest_file(path):
@@ -227,34 +231,20 @@ def verify(root, manifest, rehash_all=False, workers=WORKERS):
     recorded = manifest["entries"]
     findings, jobs, seen = [], [], set()
     files = 0
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            entries = os.scandir(os.path.join(root, rel) if rel else root)
-        except (IOError, OSError):
-            if not rel:
-                raise
-            continue  # gone or unreadable: its recorded entries show up as missing
-        with entries:
-            for entry in entries:
-                path = rel + "/" + entry.name if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(path)
-                row = recorded.get(path)
-                if row is None:
-                    findings.append({"path": path, "reason": "new", "type": _kind(st.st_mode)})
-                    continue
-                seen.add(path)
-                is_file = row[0] == "file"
-                files += is_file
-                if st.st_ino == row[4] and st.st_ctime_ns == row[6] and st.st_mtime_ns == row[5] \
-                        and (not is_file or st.st_size == row[2]):
-                    if rehash_all and is_file:
-                        jobs.append((path, row))
-                    continue
-                _compare(root, path, st, row, findings, jobs)
+    for path, st in walk(root):
+        row = recorded.get(path)
+        if row is None:
+            findings.append({"path": path, "reason": "new", "type": _kind(st.st_mode)})
+            continue
+        seen.add(path)
+        is_file = row[0] == "file"
+        files += is_file
+        if st.st_ino == row[4] and st.st_ctime_ns == row[6] and st.st_mtime_ns == row[5] \
+                and (not is_file or st.st_size == row[2]):
+            if rehash_all and is_file:
+                jobs.append((path, row))
+            continue
+        _compare(root, path, st, row, findings, jobs)
     bytecode_missing = 0
     if len(seen) != len(recorded):
         for rel in sorted(set(recorded) - seen):
