@@ -8,16 +8,14 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import time
 
 import pytest
 
-from helpers import BASE_PYTHON, HEADER, REPO, UV, lock_text, make_wheel
+from helpers import BASE_PYTHON, HEADER, UV, lock_text, make_wheel, play_role, task_results
 
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 SECRET = "s3cr3t-Pa55-%d" % os.getpid()
 
 
@@ -68,32 +66,11 @@ def airgap(tmp_path):
             "venv_index_url": (tmp_path / "simple").as_uri(),
         }
         variables.update(overrides)
-        playbook = tmp_path / "play.yml"
-        playbook.write_text(textwrap.dedent("""\
-            - hosts: localhost
-              connection: local
-              gather_facts: true
-              gather_subset: [min]
-              roles:
-                - role: lockstep.cluster.venv
-            """) + textwrap.indent(textwrap.dedent(playbook_tasks or ""), "  "))
-        (tmp_path / "vars.json").write_text(json.dumps(variables))
-        argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(playbook), "-e", "@%s" % (tmp_path / "vars.json")]
-        argv += ["--check", "--diff"] if check else []
-        argv += ["-vvv"] if verbose else []
-        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
-                   ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"), ANSIBLE_LOCALHOST_WARNING="false",
-                   ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-        if not verbose:
-            env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.builtin.json"
-        proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, check=False)
+        proc = play_role(tmp_path, "venv", variables, check=check, verbose=verbose, tasks=playbook_tasks or "")
         if verbose:
             return proc
-        out = json.loads(proc.stdout)
-        results = [(task["task"]["name"], res) for play in out["plays"] for task in play["tasks"]
-                   for res in task["hosts"].values()]
-        return {"stats": out["stats"]["localhost"], "failures": [r.get("msg", "") for dummy, r in results if r.get("failed")],
+        stats, results = task_results(proc)
+        return {"stats": stats, "failures": [r.get("msg", "") for dummy, r in results if r.get("failed")],
                 "sync": next((r for n, r in results if "Sync the venv" in n), None), "results": results}
 
     return {"tmp": tmp_path, "lock": lock, "pylock": pylock, "run": run, "sha": sha,

@@ -6,45 +6,21 @@ Install, converge, then the broken-uv case: bin/uv replaced by a failing script 
 its RECORD hash, predicted in check mode without a write, and rebuilt.
 """
 
-import json
 import os
 import subprocess
-import sys
-import textwrap
 
-from helpers import REPO
+from helpers import BASE_PYTHON, play_role, task_results
 
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 VERSION = "0.13.9"
-HOST_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
 def play(tmp_path, check=False, all_tasks=False):
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(textwrap.dedent("""\
-        - hosts: localhost
-          connection: local
-          gather_facts: true
-          gather_subset: [min]
-          roles:
-            - role: lockstep.cluster.uv
-        """))
-    (tmp_path / "vars.json").write_text(json.dumps({
-        "uv_version": VERSION, "uv_install_root": str(tmp_path / "root"), "uv_bin_dir": str(tmp_path / "bin"),
-        "uv_python": HOST_PYTHON}))
-    argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(playbook), "-e", "@%s" % (tmp_path / "vars.json")]
-    if check:
-        argv += ["--check", "--diff"]
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
-               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_PYTHON_INTERPRETER=HOST_PYTHON)
-    proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, check=False)
-    out = json.loads(proc.stdout)
+    variables = {"uv_version": VERSION, "uv_install_root": str(tmp_path / "root"), "uv_bin_dir": str(tmp_path / "bin"),
+                 "uv_python": BASE_PYTHON}
+    stats, results = task_results(play_role(tmp_path, "uv", variables, check=check, python=BASE_PYTHON))
     # Task names carry the role's prefix ("lockstep.cluster.uv : Install uv ...").
-    tasks = dict((task["task"]["name"].split(" : ")[-1], task["hosts"]["localhost"])
-                 for p in out["plays"] for task in p["tasks"])
-    result = (out["stats"]["localhost"], tasks["Install uv %s" % VERSION])
+    tasks = dict((name.split(" : ")[-1], res) for name, res in results)
+    result = (stats, tasks["Install uv %s" % VERSION])
     return result + (tasks,) if all_tasks else result
 
 

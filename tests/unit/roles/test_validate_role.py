@@ -12,9 +12,7 @@ import pytest
 import yaml
 
 from _role_vars import ROLES, render
-from helpers import REPO, lock_of, make_store, sync, wheelhouse
-
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+from helpers import ANSIBLE_PLAYBOOK, REPO, ansible_env, lock_of, make_store, sync, wheelhouse
 
 
 def uv_pin():
@@ -46,9 +44,7 @@ def audit(tmp_path):
                      "ansible_python_interpreter": sys.executable}
         variables.update(extra)
         (tmp_path / "vars.json").write_text(json.dumps(variables))
-        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
-                   ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"),
-                   PATH=str(bindir) + os.pathsep + os.environ["PATH"])
+        env = ansible_env(PATH=str(bindir) + os.pathsep + os.environ["PATH"])
         proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "localhost,", os.path.join(REPO, "playbooks", "drift.yml"),
                                "-e", "@%s" % (tmp_path / "vars.json")], cwd=str(tmp_path), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)

@@ -5,17 +5,11 @@ applied once, and check mode predicts without writing.
 Uses the real uv and a local wheelhouse (offline), so it runs in seconds.
 """
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from helpers import BASE_PYTHON, HEADER, REPO, UV, lock_text, make_wheel, snapshot
-
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+from helpers import BASE_PYTHON, HEADER, REPO, UV, lock_text, make_wheel, play_role, snapshot, task_results
 
 
 @pytest.fixture
@@ -44,30 +38,10 @@ def lab(tmp_path):
             "venv_offline": True,
         }
         variables.update(overrides)
-        playbook = tmp_path / "play.yml"
-        playbook.write_text(textwrap.dedent("""\
-            - hosts: localhost
-              connection: local
-              gather_facts: true
-              gather_subset: [min]
-              roles:
-                - role: lockstep.cluster.venv
-            """))
-        (tmp_path / "vars.json").write_text(json.dumps(variables))
-        argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(playbook), "-e", "@%s" % (tmp_path / "vars.json")]
-        if check:
-            argv += ["--check", "--diff"]
-        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
-                   ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".collections"), ANSIBLE_LOCALHOST_WARNING="false",
-                   ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-        proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, check=False)
-        out = json.loads(proc.stdout)
-        failures = [res.get("msg", "") for play in out["plays"] for task in play["tasks"]
-                    for res in task["hosts"].values() if res.get("failed")]
-        sync = [res for play in out["plays"] for task in play["tasks"] for res in task["hosts"].values()
-                if "Sync the venv" in task["task"]["name"]]
-        return {"stats": out["stats"]["localhost"], "failures": failures, "sync": sync[0] if sync else None}
+        stats, results = task_results(play_role(tmp_path, "venv", variables, check=check))
+        failures = [res.get("msg", "") for dummy, res in results if res.get("failed")]
+        sync = [res for name, res in results if "Sync the venv" in name]
+        return {"stats": stats, "failures": failures, "sync": sync[0] if sync else None}
 
     return {"tmp": tmp_path, "lock": lock, "run": run, "path": str(tmp_path / "opt" / "venv")}
 
