@@ -36,16 +36,14 @@ class ActionModule(ActionBase):
         missing = first.get("missing_packages") or []
         if self._task.check_mode:
             if missing:
-                result["packages"] = remote.install_packages(self, task_vars, first["package_manager"], missing)
+                remote.install_into(self, task_vars, first["package_manager"], missing, result)
             return result
         if "packages" not in needs:
             return result  # one round trip: converged, or selected in this run
 
-        installed = remote.install_packages(self, task_vars, first["package_manager"], missing)
-        result["packages"] = installed
-        if _failed(installed):
-            result.update(failed=True, changed=False, msg="cannot install %s: %s" % (", ".join(missing), installed.get("msg")))
+        if not remote.install_into(self, task_vars, first["package_manager"], missing, result):
             return result
+        installed = result["packages"]
         second = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if second.pop("needs", None) and not _failed(second):
             second.update(failed=True, msg="%s still missing after the package install"

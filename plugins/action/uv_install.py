@@ -65,20 +65,15 @@ class ActionModule(ActionBase):
             and params["archive_src"] else None
         if self._task.check_mode:
             if first.get("missing_packages"):
-                result["packages"] = remote.install_packages(self, task_vars, first["package_manager"],
-                                                             first["missing_packages"])
+                remote.install_into(self, task_vars, first["package_manager"], first["missing_packages"], result)
             return result
         if not needs:
             return result  # the module did everything in its first run
 
         try:
-            if "packages" in needs:
-                installed = remote.install_packages(self, task_vars, first["package_manager"], first["missing_packages"])
-                result["packages"] = installed
-                if _failed(installed):
-                    result.update(failed=True, changed=False, msg="cannot install %s: %s"
-                                  % (", ".join(first["missing_packages"]), installed.get("msg")))
-                    return result
+            if "packages" in needs and not remote.install_into(self, task_vars, first["package_manager"],
+                                                               first["missing_packages"], result):
+                return result
             if "archive" in needs:
                 module_args["remote_archive"] = remote.push_file(self, src, "uv.tar.gz")
             second = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)

@@ -102,20 +102,15 @@ class ActionModule(ActionBase):
             if airgap:
                 result["wheelhouse"] = airgap.predict(plan)
             if plan.get("missing_packages"):
-                result["packages"] = remote.install_packages(self, task_vars, plan["package_manager"],
-                                                             plan["missing_packages"])
+                remote.install_into(self, task_vars, plan["package_manager"], plan["missing_packages"], result)
             return result
 
         try:
             packages = plan.get("missing_packages") or []
             if airgap and not airgap.builds_here(plan):
                 packages = []  # only a host that builds needs a compiler
-            if packages:
-                installed = remote.install_packages(self, task_vars, plan["package_manager"], packages)
-                result["packages"] = installed
-                if installed.get("failed"):
-                    result.update(failed=True, msg="cannot install %s: %s" % (", ".join(packages), installed.get("msg")))
-                    return result
+            if packages and not remote.install_into(self, task_vars, plan["package_manager"], packages, result):
+                return result
             if airgap:
                 incoming, overrides = airgap.prepare(plan, module_args)
                 text, sha = sync_lock(lock, overrides)

@@ -51,3 +51,13 @@ def install_packages(action, task_vars, manager, names):
     module, extra = _PACKAGE_MODULES.get(manager, ("ansible.builtin.package", {}))
     args = dict(extra, name=list(names), state="present")
     return action._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+
+
+def install_into(action, task_vars, manager, names, result):
+    """``install_packages``, its result kept in ``result["packages"]``. False, with ``result``
+    failed and naming the packages, when the install did not happen."""
+    installed = result["packages"] = install_packages(action, task_vars, manager, names)
+    if installed.get("failed") or installed.get("unreachable"):
+        result.update(failed=True, changed=False, msg="cannot install %s: %s" % (", ".join(names), installed.get("msg")))
+        return False
+    return True
