@@ -13,6 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_access import ARGUMENT_SPEC
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster_config as cc
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
 
@@ -108,7 +109,7 @@ class ActionModule(ActionBase):
         if args["manage_keys"] and public_line is None:  # check mode, no key yet: any value differs
             public_line = "ssh-ed25519 (generated-at-apply) lockstep-cluster-%s" % args["name"]
         # Check mode without a key pair yet: nothing to hash, any host copy differs.
-        key_sha256 = cc.file_sha256(private) if private and not (check and generated) else "0" * 64
+        key_sha256 = sha256_file(private) if private and not (check and generated) else "0" * 64
         specs = file_specs(args, me, entries, key_sha256, public_line)
         result.update(hostfile=args["hostfile"], members=[m["name"] for m in entries], left_out=left_out)
         if left_out:

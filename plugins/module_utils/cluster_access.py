@@ -20,7 +20,8 @@ import hashlib
 import os
 import pwd
 import stat
-import tempfile
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs
 
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
 ARGUMENT_SPEC = dict(
@@ -201,22 +202,6 @@ def directories(files, user):
     return sorted(out, key=lambda e: e[0].count("/"))
 
 
-def write_atomic(path, data, uid, gid, mode):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".lockstep-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchown(handle.fileno(), uid, gid)
-            os.fchmod(handle.fileno(), mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plan(params):
     user = user_info(params["user"])
     result = {"user": user, "files": [], "directories": []}
@@ -258,7 +243,7 @@ def apply(params):
             data = _read_secret(params.get("private_key_src"), spec["sha256"], path)
         else:
             data = wanted_text(spec, current).encode("utf-8")
-        write_atomic(path, data, uid, gid, wanted_mode(spec, current))
+        store_fs.write_atomic(path, data, wanted_mode(spec, current), owner=(uid, gid))
         written.append(entry)
     return {"user": user, "files": written, "directories": changed_dirs}
 

@@ -32,6 +32,7 @@ import stat
 import time
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name, guess_site_packages
+from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import MANIFEST_SUFFIX
 
 FORMAT = 1
@@ -190,14 +191,7 @@ def build(root, site_packages=None, workers=WORKERS, clock=time.time):
 
 def write(path, manifest):
     """Atomically, root's 0644 (readable by the validator run as any user)."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), os.path.basename(path)))
-    with open(tmp, "w") as handle:
-        json.dump(manifest, handle, separators=(",", ":"), sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    store_fs.write_atomic(path, json.dumps(manifest, separators=(",", ":"), sort_keys=True), 0o644)
 
 
 def load(path):

@@ -67,15 +67,19 @@ def inspect_path(path):
     return "not-venv", path
 
 
-def write_atomic(path, text, mode=0o644):
+def write_atomic(path, data, mode=0o644, owner=None):
+    """Write ``data`` (text or bytes) to ``path`` by rename(2): readers see the old file or the
+    whole new one, never a part. ``owner`` is ``(uid, gid)`` when not the caller's."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            os.fchmod(handle.fileno(), mode)
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -16,7 +16,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_probe, os_packages, proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
 
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
@@ -86,7 +86,6 @@ print(json.dumps({"implementation": name, "version": "%d.%d" % v[:2], "abi": abi
                   "machine": platform.machine(), "system": platform.system(),
                   "glibc": libc.split()[1] if libc.startswith("glibc ") else None}))
 '''
-_CHUNK = 1 << 20
 
 
 def probe_python(python, timeout):
@@ -95,14 +94,6 @@ def probe_python(python, timeout):
     if not facts:
         raise SyncError("cannot run the venv base Python %r: %s" % (python, error), "python")
     return facts["executable"], facts["version"], facts["marker_environment"]
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def wheelhouse_state(directory, python, timeout):

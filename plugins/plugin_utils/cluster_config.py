@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import re
 
@@ -204,8 +203,3 @@ def read_public(path):
     if not re.match(r"^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$", line):
         raise ClusterConfigError("%s is not an OpenSSH ed25519 public key" % path)
     return line
-
-
-def file_sha256(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()

@@ -40,6 +40,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
     cpython_tags,
     generic_tags,
 )
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials
 
 __all__ = ["WheelhouseError", "built_wheels", "fetch", "host_tags", "record_built", "select_files", "source_pylock"]
@@ -177,14 +178,6 @@ def select_files(pylock, lock, environment, tags, prefer_sdist=()):
     if missing:
         raise WheelhouseError("no file of %s for this host: %s" % (lock.path, ", ".join(missing)))
     return out
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
