@@ -180,12 +180,19 @@ def ssh_check(host, user, env, timeout, command="true", flavor=None):
 
 def preflight(hosts, user, env, timeout, command="true", flavor=None):
     """ssh_check for every host, in parallel."""
+    return on_each(hosts, lambda host: ssh_check(host, user, env, timeout, command, flavor))
+
+
+def on_each(hosts, work):
+    """``{host: work(host)}``, the calls run in parallel threads; a None result is left out."""
     found = {}
 
-    def check(host):
-        found[host] = ssh_check(host, user, env, timeout, command, flavor)
+    def one(host):
+        value = work(host)
+        if value is not None:
+            found[host] = value
 
-    threads = [threading.Thread(target=check, args=(h,)) for h in hosts]
+    threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -244,7 +251,6 @@ def stragglers(hosts, user, env, token, timeout, me=None):
     """After a failed launch: the processes of this launch still alive on each host (by the
     token on their command line), killed by pid. ``{host: [pids]}`` of what was found; this
     host (``me``) is swept without SSH."""
-    found = {}
     # "[l]ockstep-…" matches the ranks' command lines but not this shell's own.
     script = ("pids=$(pgrep -u %d -f '[%s]%s'); [ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
               % (user.pw_uid, token[0], token[1:]))
@@ -256,15 +262,9 @@ def stragglers(hosts, user, env, token, timeout, me=None):
             argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host, script], user)
         result = proc.run(argv, env, timeout + 5)
         pids = [int(p) for p in (result.out or "").split() if p.isdigit()]
-        if pids:
-            found[host] = pids
+        return pids or None
 
-    threads = [threading.Thread(target=sweep, args=(h,)) for h in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return found
+    return on_each(hosts, sweep)
 
 
 def own_name(hostfile):
