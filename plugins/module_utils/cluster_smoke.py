@@ -28,7 +28,7 @@ import time
 import uuid
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_probe, proc
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import OMPI_ROOT_ENV
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import root_env
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import read as read_env_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
 
@@ -339,8 +339,7 @@ def run(params, base_env):
     env_file_vars = set()
     if env_file:
         env_file_vars = set(read_env_file(env_file))
-    if as_root and launcher["flavor"] == "openmpi":
-        env.update(OMPI_ROOT_ENV)
+    env.update(root_env(launcher["flavor"], user.pw_uid))
     argv = launch_command(launcher["path"], launcher["flavor"], hostfile, len(launch), python, token, member_file,
                           forwarded(env, env_file_vars, params["environment"]), as_root)
     try:

@@ -15,6 +15,8 @@ import fcntl
 import os
 import re
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import OMPI_ROOT_ENV
+
 # cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
 # import check (Jinja2 and PyYAML only) does not, and ansible-lint refuses sanity ignores.
 try:
@@ -137,7 +139,7 @@ def ssh_config_block(entries, identity):
 def root_env_block():
     """Open MPI's run-as-root switch for a cluster user that is root (at the top of ~/.bashrc,
     so non-interactive shells see it too)."""
-    return block(["export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"])
+    return block(["export " + " ".join("%s=%s" % item for item in sorted(OMPI_ROOT_ENV.items()))])
 
 
 def block(lines):
