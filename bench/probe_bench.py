@@ -16,7 +16,7 @@ import time
 
 PROBE = """
 import os, sys
-from ansible_collections.lockstep.cluster.plugins.module_utils.env_probe import ARGUMENT_SPEC, collect
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import ARGUMENT_SPEC, collect
 params = {k: v.get("default") for k, v in ARGUMENT_SPEC.items()}
 params.update(venv=sys.argv[1], lockfile="-", smoke_test=False, verify_files=sys.argv[2] != "off",
               verify_all_files=sys.argv[2] == "all")

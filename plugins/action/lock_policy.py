@@ -10,8 +10,8 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import find_lock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import check_policy, format_violations
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, load_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, format_violations
 
 ARGUMENT_SPEC = {
     "lockfile": {"type": "path", "required": True, "aliases": ["path"]},

@@ -21,7 +21,7 @@ options:
         and drift rules apply to both.
       - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
         role's C(files/), the playbook directory and its C(files/)), then in the current directory,
-        by the same rule in M(lockstep.cluster.uv_sync), M(lockstep.cluster.env_drift) and
+        by the same rule in M(lockstep.cluster.venv), M(lockstep.cluster.probe) and
         M(lockstep.cluster.lock_policy).
     type: path
     required: true

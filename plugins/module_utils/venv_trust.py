@@ -14,9 +14,9 @@ import os
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import (
     distributions,
-    env_probe,
     manifest,
     mpi_probe,
+    probe,
     proc,
     store_fs,
     venv_env,
@@ -118,7 +118,7 @@ def mpi_reasons(venv, base_env, timeout):
     if not py_facts:
         return ["its Python does not run: %s" % error]
     params = {"launcher": None, "timeout": timeout, "smoke_test": False}
-    facts = env_probe.mpi_facts(raw or {"error": error}, [venv], [], env, python, params)
+    facts = probe.mpi_facts(raw or {"error": error}, [venv], [], env, python, params)
     reasons = []
     built_for = env.get("LOCKSTEP_MPI_FLAVOR")
     launcher = facts["launcher"]

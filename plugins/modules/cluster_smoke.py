@@ -13,7 +13,7 @@ module: cluster_smoke
 short_description: One MPI launch across the cluster, as the benchmark user, judged per host
 version_added: 0.2.0
 description:
-  - Run once, on one member (the launching host), after M(lockstep.cluster.env_drift) ran on
+  - Run once, on one member (the launching host), after M(lockstep.cluster.probe) ran on
     every member. Read-only on every host.
   - First one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
     looks for the launcher's daemon there (C(orted)/C(prted) or C(hydra_pmi_proxy)). A host
@@ -32,16 +32,16 @@ description:
     remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
     on any host are then found by the launch's token and killed by pid.
   - The action plugin judges the launch on the controller against each host's own
-    M(lockstep.cluster.env_drift) result (O(result_var)) and names one cause per host - not
+    M(lockstep.cluster.probe) result (O(result_var)) and names one cause per host - not
     reachable over SSH, host key mismatch, login refused, the venv's Python missing, mpi4py
     import error, launcher/flavor mismatch, environment on the rank differs from the host's
     own report, rank missing, rank failed.
 author:
   - lockstep.cluster maintainers (@lockstep)
 extends_documentation_fragment:
-  - lockstep.cluster.attributes
-  - lockstep.cluster.attributes.ACTION
-  - lockstep.cluster.attributes.PLATFORM
+  - lockstep.cluster.lockstep
+  - lockstep.cluster.lockstep.ACTION
+  - lockstep.cluster.lockstep.PLATFORM
 attributes:
   check_mode:
     support: full
@@ -59,7 +59,7 @@ options:
     required: true
   result_var:
     description:
-      - Variable each member registered its M(lockstep.cluster.env_drift) result in. Members
+      - Variable each member registered its M(lockstep.cluster.probe) result in. Members
         without a result there (unreachable, failed) are not launched on.
       - Empty to launch on every member without comparing the ranks with their hosts' reports.
     type: str
@@ -109,13 +109,13 @@ options:
 notes:
   - Use with C(run_once) and C(delegate_to) a member whose own check succeeded.
 seealso:
-  - module: lockstep.cluster.cluster_setup
-  - module: lockstep.cluster.env_drift
+  - module: lockstep.cluster.cluster
+  - module: lockstep.cluster.probe
 """
 
 EXAMPLES = r"""
 - name: Audit every host
-  lockstep.cluster.env_drift:
+  lockstep.cluster.probe:
     venv: /opt/lockstep/venv
     lockfile: lockfiles/smoke-cpu.txt
     fail_on_drift: false

@@ -29,7 +29,7 @@ options:
       - Path of the lockfile on the controller.
       - An absolute path is used as is. A relative one is searched like C(copy)'s C(src) (the
         role's C(files/), the playbook directory and its C(files/)), then in the current directory,
-        by the same rule as M(lockstep.cluster.uv_sync) and M(lockstep.cluster.env_drift).
+        by the same rule as M(lockstep.cluster.venv) and M(lockstep.cluster.probe).
     type: path
     required: true
     aliases: [path]

@@ -1,7 +1,7 @@
 # Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: what lockstep.cluster.uv_sync does for one host with a wheelhouse — pick the
+"""Controller side: what lockstep.cluster.venv does for one host with a wheelhouse — pick the
 host's files from the lock by its wheel tags, fetch them once into the controller wheelhouse,
 push only those the host lacks, and with ``mpi4py_mode=source`` have one host per (distro
 release, MPI, Python) build the mpi4py wheel that every other host of the combination installs.
@@ -28,10 +28,10 @@ import tomllib
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials, remote, wheelhouse
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import load_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.pylock import render_requirements
 
-MODULE = "lockstep.cluster.uv_sync"
+MODULE = "lockstep.cluster.venv"
 BUILT = "mpi4py"
 
 

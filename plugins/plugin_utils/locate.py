@@ -14,7 +14,7 @@ import os
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, load_lock
 
 
 def find_lock(action, name):

@@ -45,7 +45,7 @@ def _hashes(dist):
 def parse_pylock(text, path="<pylock>"):
     """Parse pylock ``text``; raises LockError naming ``path`` and the package's line."""
     # Imported here: lockfile imports this module for its load_lock dispatch.
-    from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import Lock, LockEntry, LockError
+    from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import Lock, LockEntry, LockError
 
     try:
         data = tomllib.loads(text)

@@ -16,7 +16,7 @@ import yaml
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(PROJECT, ".collections"))
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import load_lock  # noqa: E402
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock  # noqa: E402
 
 VENV = "/opt/lockstep/venv"
 LOCK = os.path.join(PROJECT, "lockfiles", "smoke-cpu.txt")

@@ -134,7 +134,7 @@ def test_pylock_twin_provisions_and_validates_like_the_requirements_lock(airgap,
     drift = textwrap.dedent("""\
           post_tasks:
             - name: Check the venv against the lock
-              lockstep.cluster.env_drift:
+              lockstep.cluster.probe:
                 venv: "{{ venv_path }}"
                 lockfile: "{{ venv_lockfile }}"
                 mpi: false

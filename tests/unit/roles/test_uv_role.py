@@ -1,5 +1,5 @@
 """roles/uv end to end on this machine (connection local, into a temp dir): the real
-lockstep.cluster.uv_install with method venv, the real python3 -m venv and pip with this
+lockstep.cluster.uv with method venv, the real python3 -m venv and pip with this
 machine's pip configuration (its index or proxy and CA bundle), the role's hash table.
 
 Install, converge, then the broken-uv case: bin/uv replaced by a failing script is found by

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_select, uv_install
+from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, uv
 
 from _role_vars import ROLES, render
 
@@ -60,8 +60,8 @@ def _tasks(role):
 
 # role -> (its one module, the option of that module that its *_flavor/method choice feeds)
 ONE_TASK = {
-    "uv": ("lockstep.cluster.uv_install", uv_install.ARGUMENT_SPEC, {"uv_install_method": "method"}),
-    "mpi": ("lockstep.cluster.mpi_select", mpi_select.ARGUMENT_SPEC, {"mpi_flavor": "flavor"}),
+    "uv": ("lockstep.cluster.uv", uv.ARGUMENT_SPEC, {"uv_install_method": "method"}),
+    "mpi": ("lockstep.cluster.mpi", mpi.ARGUMENT_SPEC, {"mpi_flavor": "flavor"}),
 }
 
 
@@ -97,10 +97,10 @@ def test_role_files_name_no_download_host(role):
 
 
 def test_uv_role_passes_secrets_only_when_set():
-    args = _tasks("uv")[1]["lockstep.cluster.uv_install"]
+    args = _tasks("uv")[1]["lockstep.cluster.uv"]
     for option in ("pip_index_url", "archive_url", "archive_src", "archive_sha256", "ca_bundle"):
         assert "default(omit, true)" in args[option], option
-    assert uv_install.ARGUMENT_SPEC["pip_index_url"]["no_log"] and uv_install.ARGUMENT_SPEC["archive_url"]["no_log"]
+    assert uv.ARGUMENT_SPEC["pip_index_url"]["no_log"] and uv.ARGUMENT_SPEC["archive_url"]["no_log"]
 
 
 PYENV_FILES = ("defaults/main.yml", "vars/main.yml", "vars/Debian.yml")

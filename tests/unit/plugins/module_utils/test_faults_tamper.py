@@ -1,7 +1,7 @@
 """Fault suite, part 1: tampering with a live venv, with the real uv (issue 10.1, 10.2).
 
 Each case edits a venv built by the store, then asserts that the sync's converged check
-(``plan``) and the validator (``env_probe.collect`` + ``drift.evaluate``) both name the file,
+(``plan``) and the validator (``probe.collect`` + ``validate.evaluate``) both name the file,
 and that neither of them changed a byte of the live venv. Then ``sync`` replaces it.
 """
 
@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import env_probe, manifest, store_fs
+from ansible_collections.lockstep.cluster.plugins.module_utils import probe, manifest, store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import drift
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import parse_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import evaluate
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
 
 from helpers import UV, lock_of, make_store, snapshot, sync, wheelhouse
 
@@ -36,11 +36,11 @@ def live(tmp_path):
 
 
 def validate(live, **overrides):
-    params = dict((k, v.get("default")) for k, v in env_probe.ARGUMENT_SPEC.items())
+    params = dict((k, v.get("default")) for k, v in probe.ARGUMENT_SPEC.items())
     params.update(venv=live["store"].path, lockfile="lock.txt", mpi=False, uv_path=UV)
     params.update(overrides)
-    facts = env_probe.collect(params, dict(os.environ))
-    facts.update(drift.evaluate(parse_lock(live["store"].lock_text, "lock.txt"), facts))
+    facts = probe.collect(params, dict(os.environ))
+    facts.update(evaluate(parse_lock(live["store"].lock_text, "lock.txt"), facts))
     return facts
 
 
@@ -264,7 +264,7 @@ def test_uv_replaced_by_a_failing_script_or_another_version(live, tmp_path, scri
     fake.write_text(script)
     fake.chmod(0o755)
     facts = validate(live, uv_path=str(fake))
-    report = drift.evaluate(parse_lock(live["store"].lock_text, "lock.txt"), facts, uv_version="0.13.9")
+    report = evaluate(parse_lock(live["store"].lock_text, "lock.txt"), facts, uv_version="0.13.9")
     assert report["status"] == "drift"
     assert report["problems"] == [message.replace("%s", str(fake))]
     assert report["checks"]["uv"]["outcome"] == "fail"

@@ -1,4 +1,4 @@
-"""The Cluster part of the reports (plugin_utils/cluster_report.py through report.build/write):
+"""The Cluster part of the reports (plugin_utils/cluster_report.py through validate_report.build/write):
 summary.md's "## Cluster" section, junit.xml's `cluster` testsuite and cluster.json, from a
 launch recorded on the SSH lab."""
 
@@ -7,7 +7,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate_report
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.cluster_verdict import smoke_verdict
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "cluster")
@@ -28,7 +28,7 @@ def suite(built, name):
 
 def test_passing_cluster_section_shows_ranks_per_host_and_timings():
     results, registered = recorded("ok")
-    built = report.build("r1", HOSTS, results, cluster=registered)
+    built = validate_report.build("r1", HOSTS, results, cluster=registered)
     text = built["summary_md"]
     section = text[text.index("## Cluster"):]
     assert "Verdict: **pass** (3 host(s)). Smoke: pass — 3 rank(s) on 3 host(s), launched from lab-1 as bench" in section
@@ -40,7 +40,7 @@ def test_passing_cluster_section_shows_ranks_per_host_and_timings():
 
 def test_failing_smoke_names_the_host_and_cause_in_both_reports():
     results, registered = recorded("import")
-    built = report.build("r1", HOSTS, results, cluster=registered)
+    built = validate_report.build("r1", HOSTS, results, cluster=registered)
     assert built["cluster"]["verdict"] == "fail" and built["cluster"]["failed_hosts"] == ["lab-3"]
     assert "| lab-3 | import_error | - |" in built["summary_md"]
     failures = dict((c.get("classname"), c.find("failure").get("message")) for c in suite(built, "cluster")
@@ -54,7 +54,7 @@ def test_gate_disagreement_fails_the_cluster_even_when_the_smoke_passed():
     results, registered = recorded("ok")
     results = copy.deepcopy(results)
     results["lab-2"]["venv"]["path"] = "/opt/lockstep/venv-alt"
-    built = report.build("r1", HOSTS, results, cluster=registered)
+    built = validate_report.build("r1", HOSTS, results, cluster=registered)
     assert built["cluster"]["verdict"] == "fail" and built["cluster"]["failed_hosts"] == ["lab-2"]
     assert "- **lab-2** venv path: `/opt/lockstep/venv-alt`, the others `/opt/lockstep/venv`" in built["summary_md"]
     gate = [c for c in suite(built, "cluster") if c.get("name") == "gate" and c.find("failure") is not None]
@@ -64,7 +64,7 @@ def test_gate_disagreement_fails_the_cluster_even_when_the_smoke_passed():
 
 def test_smoke_not_run_is_skipped_not_passed_and_the_gate_still_runs():
     results, dummy = recorded("ok")
-    built = report.build("r1", HOSTS, results, cluster={"skipped": True})
+    built = validate_report.build("r1", HOSTS, results, cluster={"skipped": True})
     assert "Smoke: not run" in built["summary_md"]
     cases = list(suite(built, "cluster"))
     assert [c.get("name") for c in cases if c.find("skipped") is not None] == ["smoke"] * 3
@@ -74,14 +74,14 @@ def test_smoke_not_run_is_skipped_not_passed_and_the_gate_still_runs():
 def test_an_unchecked_host_fails_its_gate_case():
     results, registered = recorded("ok")
     results = dict(results, **{"lab-3": None})
-    built = report.build("r1", HOSTS, results, cluster=None)
+    built = validate_report.build("r1", HOSTS, results, cluster=None)
     gate = dict((c.get("classname"), c) for c in suite(built, "cluster") if c.get("name") == "gate")
     assert gate["lab-3"].find("failure") is not None
 
 
 def test_write_adds_cluster_json(tmp_path):
     results, registered = recorded("hostkey")
-    built = report.write(str(tmp_path), "r1", HOSTS, results, None, registered)
+    built = validate_report.write(str(tmp_path), "r1", HOSTS, results, None, registered)
     with open(str(tmp_path / "r1" / "cluster.json")) as handle:
         data = json.load(handle)
     assert data["smoke"]["hosts"]["lab-3"]["status"] == "host_key"

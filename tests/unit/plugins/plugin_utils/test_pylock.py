@@ -16,8 +16,8 @@ from helpers import HEADER, UV, lock_text, make_wheel
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials, wheelhouse
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lockfile import LockError, load_lock, parse_lock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.policy import check_policy, python_version_reason
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, load_lock, parse_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, python_version_reason
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.pylock import parse_pylock, render_requirements
 
 PY311 = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux", "platform_machine": "x86_64",

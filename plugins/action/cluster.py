@@ -1,0 +1,163 @@
+# Controller side: an action plugin, run inside ansible-playbook.
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller half of lockstep.cluster.cluster: compute every member's files from the
+play's hostvars and the cluster key, ask the host once whether they are exactly so, and only
+then create the user, push the key and write."""
+
+from __future__ import annotations
+
+import json
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
+
+MODULE = "lockstep.cluster.cluster"
+_INTERNAL = ("stage", "files", "private_key_src")
+SSH_DIR = ".ssh"
+
+
+def member_file(hostfile):
+    """``cluster.json`` beside the hostfile: which member this host is."""
+    return hostfile.rsplit("/", 1)[0] + "/cluster.json" if "/" in hostfile else "cluster.json"
+
+
+def file_specs(args, me, entries, key_sha256, public_line):
+    """The files this host must hold, as the module compares and writes them."""
+    names = [m["name"] for m in entries]
+    identity = {"cluster": args["name"], "host": me["inventory_name"], "name": me["name"], "user": args["user"],
+                "flavor": args["flavor"], "hostfile": args["hostfile"], "members": names}
+    specs = [
+        {"path": args["hostfile"], "kind": "file", "content": cc.hostfile(args["name"], args["flavor"], entries),
+         "owner": "root", "mode": "0644"},
+        {"path": member_file(args["hostfile"]), "kind": "file", "owner": "root", "mode": "0644",
+         "content": json.dumps(identity, indent=2, sort_keys=True) + "\n"},
+    ]
+    home = {"home": True, "owner": "user"}
+    if args["manage_keys"]:
+        specs += [
+            dict(home, path="%s/%s" % (SSH_DIR, cc.KEY_NAME), kind="secret", sha256=key_sha256, mode="0600"),
+            dict(home, path="%s/%s.pub" % (SSH_DIR, cc.KEY_NAME), kind="file", content=public_line + "\n", mode="0644"),
+            dict(home, path="%s/authorized_keys" % SSH_DIR, kind="block", content=cc.authorized_keys_block(public_line),
+                 mode="0600"),
+        ]
+    if args["manage_known_hosts"]:
+        specs.append(dict(home, path="%s/known_hosts" % SSH_DIR, kind="block", content=cc.known_hosts_block(entries),
+                          mode="0644"))
+    if args["manage_keys"] or args["manage_known_hosts"]:
+        identity_file = "%s/%s" % (SSH_DIR, cc.KEY_NAME) if args["manage_keys"] else None
+        specs.append(dict(home, path="%s/config" % SSH_DIR, kind="block", top=True, mode="0600",
+                          content=cc.ssh_config_block(entries, identity_file)))
+    if args["user"] == "root":
+        specs.append(dict(home, path=".bashrc", kind="block", top=True, content=cc.root_env_block()))
+    return specs
+
+
+def describe(plan_result, created_user):
+    changes = ["create user %s" % plan_result["user"]["name"]] if created_user else []
+    changes += plan_result.get("directories", [])
+    for entry in plan_result.get("files", []):
+        if entry["action"] != "none":
+            why = " (%s)" % ", ".join(entry["reasons"]) if entry["action"] == "update" and entry["reasons"] else ""
+            changes.append("%s %s%s" % (entry["action"], entry["path"], why))
+    return changes
+
+
+def diffs(plan_result):
+    out = []
+    for entry in plan_result.get("files", []):
+        if entry["action"] != "none" and entry["kind"] != "secret" and "after" in entry:
+            out.append({"before_header": entry["path"], "after_header": entry["path"],
+                        "before": entry.get("before") or "", "after": entry["after"]})
+        elif entry["action"] != "none" and entry["kind"] == "secret":
+            out.append({"prepared": "%s: the cluster private key would be written (content not shown)" % entry["path"]})
+    return out
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False  # the private key is pushed only when the host's copy differs
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        given = [name for name in _INTERNAL if self._task.args.get(name) is not None]
+        if given:
+            raise AnsibleActionFail("%s are set by the action plugin, not by a task" % ", ".join(given))
+        check = self._task.check_mode
+        hostvars = task_vars.get("hostvars", {})
+        me_name = task_vars.get("inventory_hostname")
+        try:
+            entries, left_out = cc.members(args["hosts"], hostvars, args["slots"])
+            if args["manage_keys"]:
+                private, public_line, generated = cc.ensure_key_pair(args["key_dir"], args["name"], create=not check)
+            else:
+                private, public_line, generated = None, None, False
+        except (cc.ClusterConfigError, OSError) as exc:
+            raise AnsibleActionFail("cluster %s: %s" % (args["name"], exc))
+        me = next((m for m in entries if m["inventory_name"] == me_name), None)
+        if me is None:
+            raise AnsibleActionFail("%s is not a member with facts: run the cluster role in a play that gathers "
+                                    "facts (gather_subset: min) on every host of O(hosts)" % me_name)
+        if args["manage_keys"] and public_line is None:  # check mode, no key yet: any value differs
+            public_line = "ssh-ed25519 (generated-at-apply) lockstep-cluster-%s" % args["name"]
+        # Check mode without a key pair yet: nothing to hash, any host copy differs.
+        key_sha256 = sha256_file(private) if private and not (check and generated) else "0" * 64
+        specs = file_specs(args, me, entries, key_sha256, public_line)
+        result.update(hostfile=args["hostfile"], members=[m["name"] for m in entries], left_out=left_out)
+        if left_out:
+            result["warnings"] = ["left out of the cluster (no facts in this play, unreachable?): %s"
+                                  % ", ".join(left_out)]
+
+        module_args = dict(self._task.args, stage="plan", files=specs)
+        planned = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        if planned.get("failed") or planned.get("unreachable"):
+            result.update(planned)
+            return result
+        user = planned["user"]
+        create_user = not user["exists"]
+        if create_user and not args["manage_user"]:
+            raise AnsibleActionFail("user %s does not exist on %s and cluster_manage_user is off"
+                                    % (args["user"], me_name))
+        if create_user:
+            # Nothing exists yet under a home that does not exist yet: every file is new.
+            planned["files"] = [dict(spec, action="create", reasons=["content"], before="",
+                                     after=spec.get("content") if spec["kind"] != "secret" else None,
+                                     path=spec["path"] if not spec.get("home") else "~%s/%s" % (args["user"], spec["path"]))
+                                for spec in specs]
+        changes = describe(planned, create_user)
+        result["user"] = user
+        result["changes"] = changes
+        result["changed"] = bool(changes)
+        if self._task.diff and changes:
+            result["diff"] = diffs(planned)
+        if not changes or check:
+            return result
+
+        if create_user:
+            made = self._execute_module(module_name="ansible.builtin.user", task_vars=task_vars, module_args={
+                "name": args["user"], "shell": args["user_shell"], "create_home": True, "state": "present"})
+            if made.get("failed") or made.get("unreachable"):
+                result.update(failed=True, msg="cannot create user %s: %s" % (args["user"], made.get("msg")))
+                return result
+        needs_key = args["manage_keys"] and (create_user or any(
+            f["kind"] == "secret" and f["action"] != "none" for f in planned["files"]))
+        try:
+            if needs_key:
+                module_args["private_key_src"] = remote.push_file(self, private, "cluster-key")
+            module_args["stage"] = "apply"
+            applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        finally:
+            remote.cleanup(self)
+        if applied.get("failed") or applied.get("unreachable"):
+            result.update(applied)
+            return result
+        result["user"] = applied["user"]
+        return result

@@ -1,0 +1,403 @@
+# Host side: shipped to the host with the modules that import it (stdlib only).
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host side of ``lockstep.cluster.uv``: its option spec, the one idempotent check and
+the install (stdlib only; a download uses Ansible's open_url, see uv_archive).
+
+Layout::
+
+    <install_root>/<version>/    one directory per version: a tool venv (method venv) or bin/
+        bin/uv, bin/uvx
+        .lockstep-complete       JSON, written last: method, source, for an archive the sha256
+                                 of bin/uv and bin/uvx
+    <bin_dir>/uv  -> <install_root>/<version>/bin/uv      (uvx likewise)
+
+The marker alone proves nothing: every run re-hashes bin/uv and bin/uvx (against the uv
+wheel's RECORD in a tool venv, against the marker for an archive) and runs ``uv --version``.
+A broken version directory is rebuilt beside itself and renamed over the old one.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, os_packages, proc, store_fs
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_archive import BINARIES, ArchiveError, download, extract, verify
+
+# Shared by the module (host) and the action plugin (which validates the task's arguments).
+ARGUMENT_SPEC = dict(
+    version=dict(type="str", required=True),
+    method=dict(type="str", choices=["venv", "archive"], default="venv"),
+    install_root=dict(type="path", default="/opt/lockstep/uv"),
+    bin_dir=dict(type="path", default="/usr/local/bin"),
+    python=dict(type="str", default="/usr/bin/python3"),
+    requirement_hashes=dict(type="list", elements="str", default=[]),
+    pip_index_url=dict(type="str", no_log=True),
+    archive_url=dict(type="str", no_log=True),
+    archive_src=dict(type="str"),
+    archive_sha256=dict(type="str"),
+    ca_bundle=dict(type="path"),
+    packages=dict(type="list", elements="str", default=[]),
+    timeout=dict(type="int", default=600),
+    # Set by the action plugin: where it pushed archive_src.
+    remote_archive=dict(type="path"),
+)
+
+MARKER = ".lockstep-complete"
+_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class InstallError(Exception):
+    def __init__(self, message, detail=None):
+        super(InstallError, self).__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+def sha256_of(value):
+    """``sha256:ABC…`` or ``abc…`` -> ``abc…`` (lower case)."""
+    value = (value or "").strip().lower()
+    return value[len("sha256:"):] if value.startswith("sha256:") else value
+
+
+def normalize(params):
+    """Empty strings mean "not set" (role variables default to "")."""
+    p = dict(params)
+    for name in ("pip_index_url", "archive_url", "archive_src", "archive_sha256", "ca_bundle", "remote_archive"):
+        p[name] = p.get(name) or None
+    p["archive_sha256"] = sha256_of(p["archive_sha256"]) or None
+    p["requirement_hashes"] = [sha256_of(h) for h in p.get("requirement_hashes") or []]
+    return p
+
+
+def check_inputs(p):
+    """What is wrong with the inputs (list of messages). The action plugin calls it before
+    any host round trip, the module again."""
+    problems = []
+    if not _VERSION_RE.match(p["version"] or ""):
+        problems.append("version %r is not a uv release number" % p["version"])
+    for name in ("install_root", "bin_dir"):
+        if not os.path.isabs(p[name] or ""):
+            problems.append("%s must be an absolute path (got %r)" % (name, p[name]))
+    if p["method"] == "venv":
+        if not p["requirement_hashes"]:
+            problems.append("no sha256 known for the uv %s wheels: set requirement_hashes (the uv role: "
+                            "uv_requirement_hashes) from `uv pip compile --universal --generate-hashes` of uv==%s"
+                            % (p["version"], p["version"]))
+        bad = [h for h in p["requirement_hashes"] if not _SHA256_RE.match(h)]
+        if bad:
+            problems.append("requirement_hashes must be sha256 hex digests (got %s)" % ", ".join(bad))
+    else:
+        if not _SHA256_RE.match(p["archive_sha256"] or ""):
+            problems.append("method archive needs archive_sha256 (64 hex digits) for uv %s" % p["version"])
+        if not (p["archive_src"] or p["archive_url"] or p["remote_archive"]):
+            problems.append("method archive needs archive_src (a file on the controller) or archive_url (a "
+                            "mirror); no download location is built in")
+    return problems
+
+
+def version_dir(p):
+    return os.path.join(p["install_root"], p["version"])
+
+
+def read_marker(directory):
+    """The marker as a dict ({} when it predates JSON markers), None when absent."""
+    try:
+        with open(os.path.join(directory, MARKER)) as handle:
+            text = handle.read()
+    except (IOError, OSError):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def reported_version(line):
+    """``uv 0.13.9 (x86_64-unknown-linux-gnu)`` -> ``0.13.9``."""
+    words = (line or "").split()
+    return words[1] if len(words) > 1 and words[0] == "uv" else None
+
+
+def _venv_problem(directory):
+    """Tool venv: bin/uv and bin/uvx against the uv wheel's own RECORD."""
+    site = distributions.guess_site_packages(directory)
+    dist, findings = distributions.record_findings(site, "uv")
+    if dist is None:
+        return "the tool venv has no uv distribution"
+    base = str(dist.locate_file(""))
+    listed = set(os.path.normpath(os.path.join(base, str(f))) for f in dist.files or [])
+    for name in BINARIES:
+        if os.path.join(directory, "bin", name) not in listed:
+            return "the uv wheel's RECORD does not list bin/%s" % name
+    if findings:
+        return ", ".join("%s %s" % (os.path.relpath(os.path.normpath(os.path.join(base, f["path"])), directory),
+                                    f["reason"] + (" (sha256 differs from the uv wheel's RECORD)"
+                                                   if f["reason"] == "modified" else ""))
+                         for f in findings)
+    return None
+
+
+def _archive_problem(directory, files):
+    """Archive install: bin/uv and bin/uvx against the sha256 recorded at install time."""
+    for name in BINARIES:
+        rel = "bin/" + name
+        if rel not in files:
+            return "the install record has no sha256 for %s" % rel
+        path = os.path.join(directory, rel)
+        if not os.path.isfile(path):
+            return "%s missing" % rel
+        actual = store_fs.sha256_file(path)
+        if actual != files[rel]:
+            return "%s modified (sha256 %s, recorded %s)" % (rel, actual, files[rel])
+    return None
+
+
+def _version_problem(uv, version, timeout):
+    result = proc.run([uv, "--version"], timeout=timeout)
+    line = proc.first_line(result)
+    if line is None:
+        return "bin/uv --version failed: %s" % proc.describe(result, "it", timeout)
+    if reported_version(line) != version:
+        return "bin/uv --version printed %r, not uv %s" % (line, version)
+    return None
+
+
+def integrity_problem(directory, version, timeout=60):
+    """None when ``directory`` holds an intact uv ``version``; else what is wrong (one line)."""
+    if not os.path.isdir(directory):
+        return "not installed"
+    marker = read_marker(directory)
+    if marker is None:
+        return "incomplete (no %s: an interrupted install)" % MARKER
+    if os.path.isfile(os.path.join(directory, "pyvenv.cfg")):
+        problem = _venv_problem(directory)
+    elif isinstance(marker.get("files"), dict):
+        problem = _archive_problem(directory, marker["files"])
+    else:
+        problem = "nothing records what bin/uv must be (an install by an older role)"
+    return problem or _version_problem(os.path.join(directory, "bin", "uv"), version, timeout)
+
+
+def link_state(p):
+    """The uv/uvx links in bin_dir: [{name, path, current, target, ok}]."""
+    links = []
+    for name in BINARIES:
+        path = os.path.join(p["bin_dir"], name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise InstallError("%s is a directory; the uv link cannot replace it" % path)
+        current = os.readlink(path) if os.path.islink(path) else ("(a file)" if os.path.lexists(path) else None)
+        target = os.path.join(version_dir(p), "bin", name)
+        links.append({"name": name, "path": path, "current": current, "target": target, "ok": current == target})
+    return links
+
+
+def pip_env(p, base=None):
+    """pip's settings through its environment: an index URL never shows in a process list."""
+    env = dict(os.environ if base is None else base, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    if p["ca_bundle"]:
+        env["PIP_CERT"] = p["ca_bundle"]
+    if p["pip_index_url"]:
+        env["PIP_INDEX_URL"] = p["pip_index_url"]
+    return env
+
+
+def requirement(p):
+    return "uv==%s \\\n" % p["version"] + " \\\n".join("    --hash=sha256:%s" % h for h in p["requirement_hashes"]) + "\n"
+
+
+def _install_venv(p, build):
+    timeout = p["timeout"]
+    result = proc.run([p["python"], "-m", "venv", build], timeout=timeout)
+    if result.rc != 0:
+        hint = " (Debian: the python3-venv package)" if "ensurepip" in result.out + result.err else ""
+        raise InstallError("%s -m venv failed%s: %s" % (p["python"], hint, proc.describe(result, "it", timeout)),
+                           proc.tail(result.out + result.err))
+    requirements = os.path.join(build, "requirements.txt")
+    store_fs.write_atomic(requirements, requirement(p))
+    argv = [os.path.join(build, "bin", "python"), "-m", "pip", "install", "--quiet", "--require-hashes",
+            "--only-binary", ":all:", "--no-deps", "-r", requirements]
+    result = proc.run(argv, env=pip_env(p), timeout=timeout)
+    if result.rc != 0:
+        raise InstallError("pip could not install uv==%s: %s" % (p["version"], proc.describe(result, "pip", timeout)),
+                           proc.tail(result.err or result.out))
+    _drop_build_paths(build)
+    return {"method": "venv", "requirement": "uv==%s" % p["version"], "hashes": len(p["requirement_hashes"])}
+
+
+def _drop_build_paths(build):
+    """pip/pip3 and activate* name the temporary build directory, which is renamed away: remove
+    them (uv never needs them; ``bin/python -m pip`` keeps working)."""
+    bin_dir = os.path.join(build, "bin")
+    marker = build.encode()
+    for name in os.listdir(bin_dir):
+        path = os.path.join(bin_dir, name)
+        if name in BINARIES or name.startswith("python") or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+        if marker in head:
+            os.unlink(path)
+
+
+def _install_archive(p, build):
+    sha256 = p["archive_sha256"]
+    try:
+        if p["remote_archive"]:
+            archive, source = p["remote_archive"], "controller"
+            verify(archive, sha256)
+        else:
+            archive, source = os.path.join(build, "uv.tar.gz"), "url"
+            download(p["archive_url"], archive, sha256, p["ca_bundle"], p["timeout"])
+        files = extract(archive, os.path.join(build, "bin"))
+    except ArchiveError as exc:
+        raise InstallError(str(exc))
+    if source == "url":
+        os.unlink(archive)
+    return {"method": "archive", "source": source, "archive_sha256": sha256, "files": files}
+
+
+def _clear_leftovers(root, version):
+    """Build and trash directories of an interrupted earlier run (same version only)."""
+    for name in os.listdir(root):
+        if name.startswith((".%s.build-" % version, ".%s.old-" % version)):
+            store_fs.remove_tree(os.path.join(root, name))
+
+
+def install(p):
+    """Build uv into a temp dir beside the version dir, verify it, then rename it over."""
+    root, directory = p["install_root"], version_dir(p)
+    _clear_leftovers(root, p["version"])
+    build = tempfile.mkdtemp(prefix=".%s.build-" % p["version"], dir=root)
+    try:
+        os.chmod(build, 0o755)
+        record = (_install_venv if p["method"] == "venv" else _install_archive)(p, build)
+        problem = (_venv_problem(build) if p["method"] == "venv" else _archive_problem(build, record["files"])) \
+            or _version_problem(os.path.join(build, "bin", "uv"), p["version"], min(p["timeout"], 60))
+        if problem:
+            raise InstallError("the freshly installed uv %s is not usable: %s" % (p["version"], problem))
+        record["version"] = p["version"]
+        store_fs.write_atomic(os.path.join(build, MARKER), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        old = None
+        if os.path.lexists(directory):
+            old = os.path.join(root, ".%s.old-%d" % (p["version"], os.getpid()))
+            os.rename(directory, old)
+        os.rename(build, directory)
+        store_fs.fsync_dir(root)
+    except BaseException:
+        store_fs.remove_tree(build)
+        raise
+    if old:
+        store_fs.remove_tree(old)
+
+
+def _linked_version(p, links):
+    link = links[0]
+    if link["current"] is None:
+        return "(absent)"
+    return proc.first_line(proc.run([link["path"], "--version"], timeout=30)) or "(does not run)"
+
+
+def _diff(p, problem, links, missing, before_version):
+    before, after = ["uv --version: %s" % before_version], ["uv --version: uv %s" % p["version"]]
+    if problem:
+        before.append("%s: %s" % (version_dir(p), problem))
+        after.append("%s: uv %s (%s method)" % (version_dir(p), p["version"], p["method"]))
+    for link in links:
+        before.append("%s -> %s" % (link["path"], link["current"] or "(absent)"))
+        after.append("%s -> %s" % (link["path"], link["target"]))
+    if missing:
+        before.append("packages missing: %s" % ", ".join(missing))
+        after.append("packages installed: %s" % ", ".join(missing))
+    return {"before": "\n".join(before) + "\n", "after": "\n".join(after) + "\n"}
+
+
+def _steps(p, problem, stale, missing):
+    """What a run does, as (would ..., did ...) phrases; a rebuild names what was wrong."""
+    steps = []
+    if missing:
+        steps.append(("install %s" % ", ".join(missing), "installed %s" % ", ".join(missing)))
+    if problem == "not installed":
+        steps.append(("install uv %s" % p["version"], "installed uv %s" % p["version"]))
+    elif problem:
+        steps.append(("rebuild uv %s at %s: %s" % (p["version"], version_dir(p), problem),
+                      "rebuilt uv %s at %s: %s" % (p["version"], version_dir(p), problem)))
+    if stale:
+        names = ", ".join(link["name"] for link in stale)
+        steps.append(("link %s into %s" % (names, p["bin_dir"]), "linked %s into %s" % (names, p["bin_dir"])))
+    return steps
+
+
+@contextlib.contextmanager
+def _install_lock(p):
+    """One install at a time per install root (the venv store's bounded lock)."""
+    try:
+        with store_fs.store_lock(p["install_root"], timeout=p["timeout"], doing="uv %s install" % p["version"]):
+            yield
+    except store_fs.LockTimeout:
+        with open(os.path.join(p["install_root"], store_fs.STORE_LOCK)) as handle:
+            holder = store_fs.describe_holder(handle.read(4096), time.time())
+        raise InstallError("%s is locked by %s; waited %ds (timeout)" % (p["install_root"], holder, p["timeout"]))
+
+
+def run(params, check_mode, diff=False):
+    """The module's whole job; returns the result dict (``failed`` set on an error)."""
+    p = normalize(params)
+    directory = version_dir(p)
+    result = {"changed": False, "version": p["version"], "method": p["method"], "install_dir": directory,
+              "uv": os.path.join(p["bin_dir"], "uv"), "install": None, "links": [], "needs": []}
+    try:
+        problems = check_inputs(p)
+        if problems:
+            raise InstallError("; ".join(problems))
+        problem = integrity_problem(directory, p["version"], min(p["timeout"], 60))
+        links = link_state(p)
+        result["package_manager"], result["missing_packages"] = os_packages.missing(p["packages"])
+        stale = [link for link in links if not link["ok"]]
+        if problem is None and not stale and not result["missing_packages"]:
+            result["msg"] = "uv %s at %s is intact and linked from %s" % (p["version"], directory, p["bin_dir"])
+            return result
+        result.update(changed=True, install=problem, links=[link["name"] for link in stale])
+        if diff:
+            before = "uv %s" % p["version"] if not stale and not problem else _linked_version(p, links)
+            result["diff"] = _diff(p, problem, stale, result["missing_packages"], before)
+        steps = _steps(p, problem, stale, result["missing_packages"])
+        if check_mode:
+            result["msg"] = "would " + "; ".join(would for would, _did in steps)
+            return result
+        if result["missing_packages"]:
+            result["needs"].append("packages")
+        if result["install"] and p["method"] == "archive" and p["archive_src"] and not p["remote_archive"]:
+            result["needs"].append("archive")
+        if result["needs"]:
+            result.update(changed=False, msg="needs %s from the controller first" % " and ".join(result["needs"]))
+            return result
+        if not os.path.isdir(p["install_root"]):
+            os.makedirs(p["install_root"], 0o755)
+        with _install_lock(p):
+            # A concurrent run may have finished the same install while this one waited.
+            if result["install"] and integrity_problem(directory, p["version"], min(p["timeout"], 60)):
+                install(p)
+            if stale and not os.path.isdir(p["bin_dir"]):
+                os.makedirs(p["bin_dir"], 0o755)
+            for link in stale:
+                store_fs.flip_link(link["path"], link["target"])
+        result["msg"] = "; ".join(did for _would, did in steps)
+        return result
+    except InstallError as exc:
+        result.update(failed=True, changed=False, msg=exc.message)
+        if exc.detail:
+            result["stderr"] = exc.detail
+        return result
+    except (IOError, OSError) as exc:
+        result.update(failed=True, changed=False, msg="uv %s: %s" % (p["version"], exc))
+        return result

