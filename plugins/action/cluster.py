@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.cluster: compute every member's files from the
+"""Make the play's hosts one cluster: compute every member's files on the controller from the
 play's hostvars and the cluster key, ask the host once whether they are exactly so, and only
 then create the user, push the key and write."""
 

@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.cluster_smoke: pick the members the controller reached,
+"""Launch one MPI job across the cluster: pick the members the controller reached,
 run the launch once on the launching host, and judge it per host against each host's own
 env_drift result."""
 
@@ -10,7 +9,7 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.cluster_verdict import smoke_verdict
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import smoke_verdict
 
 MODULE = "lockstep.cluster.cluster_smoke"
 

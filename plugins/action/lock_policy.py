@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side of lockstep.cluster.lock_policy: the lockfile lives on the controller, not the hosts."""
+"""Check a lock against the policy (pinned, hashed, CPU-only) where it lives: on the controller."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import find_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import find_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, load_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, format_violations
 

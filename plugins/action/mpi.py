@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.mpi: ask the host once; only when the flavor's
+"""Install and select one system MPI: ask the host once; only when the flavor's
 packages are missing, install them with the distribution's package module and ask again."""
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.probe: parse the lock here (``packaging`` lives on
+"""Probe a host once: parse the lock here (``packaging`` lives on
 the controller), run the module once on the host for raw facts, compare here."""
 
 from __future__ import absolute_import, division, print_function
@@ -17,7 +16,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.module_utils.probe import ARGUMENT_SPEC
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import evaluate
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import read_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import read_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError
 
 

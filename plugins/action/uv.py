@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.uv: check the inputs here, ask the host once, and
+"""Install uv at its pin: check the inputs here, ask the host once, and
 only when it is not converged install the missing OS packages, check and push the archive, and
 run the module again."""
 

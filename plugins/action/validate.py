@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side of lockstep.cluster.validate: cluster drift reports, written on the controller from every host's env_drift result."""
+"""The audit's verdict and reports, written on the controller from every host's probe."""
 
 from __future__ import absolute_import, division, print_function
 

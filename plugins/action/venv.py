@@ -1,7 +1,6 @@
-# Controller side: an action plugin, run inside ansible-playbook.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller half of lockstep.cluster.venv: find, parse and police the lock here, ask the
+"""Sync a venv with the lock: find, parse and police the lock here, ask the
 host once what a sync would do, and only then push the lock (and, with a wheelhouse, the files
 the host lacks) and apply."""
 
@@ -16,18 +15,18 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import credentials, remote
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.airgap import Airgap
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.locate import read_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import Airgap
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import read_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import (
     check_policy,
     format_violations,
     python_version_reason,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.pylock import render_requirements
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import render_requirements
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import outcome
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.wheelhouse import WheelhouseError
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import WheelhouseError
 
 MODULE = "lockstep.cluster.venv"
 _INTERNAL = ("stage", "lockfile_sha256", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files",
@@ -60,11 +59,11 @@ class ActionModule(ActionBase):
         given = [name for name in _INTERNAL if self._task.args.get(name) is not None]
         if given:
             raise AnsibleActionFail("%s are set by the action plugin, not by a task" % ", ".join(given))
-        secrets = credentials.secrets_of([args["index_url"]] + list(args["extra_index_urls"]))
+        secrets = remote.secrets_of([args["index_url"]] + list(args["extra_index_urls"]))
         try:
-            return credentials.redact(self._run(result, args, task_vars or {}), secrets)
+            return remote.redact(self._run(result, args, task_vars or {}), secrets)
         except (AnsibleActionFail, WheelhouseError, LockError) as exc:
-            raise AnsibleActionFail(credentials.redact(str(exc), secrets))
+            raise AnsibleActionFail(remote.redact(str(exc), secrets))
 
     def _run(self, result, args, task_vars):
         path, lock = read_lock(self, args["lockfile"])

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side of ``lockstep.cluster.cluster``: are the cluster files exactly what the
+"""A cluster member's files: are they exactly what the
 controller computed (content, owner, mode), and write them when asked (stdlib only).
 
 Three kinds of file: ``file`` (the whole content is ours: the hostfile), ``block`` (one managed

@@ -1,14 +1,13 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side of ``lockstep.cluster.cluster_smoke``: one ``mpiexec`` across the cluster, as the
+"""The cluster smoke test, run on the launching host: one ``mpiexec`` across the cluster, as the
 benchmark user, with the venv's own Python on every rank (stdlib only).
 
 Before the launch, one BatchMode ``ssh <host> true`` per host (in parallel) names the hosts
 SSH cannot reach, or whose host key does not match; the launch then covers the others. Each
 rank prints who it is before ``MPI_Init`` (host, venv, Python, mpi4py, the libmpi it loaded,
 what its launcher told it) and, after an allreduce and a ring exchange, what it saw. The
-controller judges all of it (plugin_utils.cluster_verdict); this side only collects.
+controller judges all of it (plugin_utils.validate); this side only collects.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -27,8 +26,8 @@ import threading
 import time
 import uuid
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_probe, proc
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import root_env
+from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import root_env
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import read as read_env_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
 
@@ -310,7 +309,7 @@ def run(params, base_env):
     chosen = [(name, line) for name, line in entries if name in wanted]
     python = os.path.join(params["venv"], "bin", "python")
     env, env_file = user_env(user, params["venv"], params["env_file"], params["environment"])
-    launcher = mpi_probe.launcher_facts(mpi_probe.find_launcher(env, params["launcher"]), env, 30)
+    launcher = mpi.launcher_facts(mpi.find_launcher(env, params["launcher"]), env, 30)
     out["launcher"] = launcher
     # The launcher starts its own host's rank without SSH: no login to itself is needed.
     me = own_name(params["hostfile"])

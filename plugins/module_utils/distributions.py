@@ -1,10 +1,12 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: the distributions installed in a venv, from their dist-info (no pip, no packaging).
+"""What is installed on a host: the Python distributions of a venv, read from their dist-info
+(no pip, no packaging), and the OS packages, asked read-only from dpkg or rpm (stdlib only).
 
-Runs under the host's system Python against the venv's site-packages, so it imports only
-the standard library: the venv is exactly the lock and the host may lack ``packaging``.
+Runs under the host's system Python against the venv's site-packages, so it imports only the
+standard library: the venv is exactly the lock and the host may lack ``packaging``. Modules
+report missing OS packages inside their one idempotent check; the action plugin installs them
+with Ansible's own package modules (plugin_utils.remote), so nothing here reimplements apt or dnf.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,6 +21,9 @@ import hashlib
 import multiprocessing
 import os
 import re
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import proc
+
 
 try:
     from importlib import metadata as importlib_metadata
@@ -226,3 +231,36 @@ def installed_distributions(site_packages, verify_files=True, workers=_HASH_WORK
         del item["_jobs"]
     dists.sort(key=lambda d: (d["name"].lower(), d["version"]))
     return dists
+
+
+_DPKG_FORMAT = "${Package} ${db:Status-Abbrev}\\n"
+
+
+def package_manager():
+    """``apt``, ``dnf``, ``yum`` or None (what plugin_utils.remote installs with)."""
+    for name, path in (("apt", "/usr/bin/dpkg-query"), ("dnf", "/usr/bin/dnf"), ("yum", "/usr/bin/yum")):
+        if os.path.exists(path):
+            return name
+    return None
+
+
+def missing_packages(names, timeout=60):
+    """``(manager, [names not installed])``; every name is missing when no manager answers."""
+    names = [n for n in names if n]
+    kind = package_manager()
+    if not names:
+        return kind, []
+    if kind == "apt":
+        # Unknown names make dpkg-query exit 1 and print nothing for them: missing.
+        result = proc.run(["dpkg-query", "--show", "--showformat", _DPKG_FORMAT] + names,
+                          dict(os.environ, LC_ALL="C"), timeout)
+        installed = set(line.split()[0] for line in result.out.splitlines()
+                        if len(line.split()) > 1 and line.split()[1].startswith("ii"))
+        return kind, [n for n in names if n not in installed]
+    if kind in ("dnf", "yum"):
+        installed = set()
+        for name in names:
+            if proc.run(["rpm", "-q", "--whatprovides", name], dict(os.environ, LC_ALL="C"), timeout).rc == 0:
+                installed.add(name)
+        return kind, [n for n in names if n not in installed]
+    return kind, list(names)

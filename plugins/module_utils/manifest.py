@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: a venv's manifest — every entry of the venv tree, owned by the tool (stdlib only).
+"""A venv's manifest: every entry of the venv tree, owned by the tool (stdlib only).
 
 Written when a venv is built, before it goes live, beside it in the store
 (``<store>/<venv>.manifest.json``: outside the venv, root's, not writable by whoever can write

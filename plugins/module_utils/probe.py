@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side of ``lockstep.cluster.probe``: option spec and the raw facts collection.
+"""What a host has, collected in one module run: the probe's option spec and its raw facts.
 
 Stdlib only. The module returns these raw facts; the action plugin compares them with the
 lock on the controller, where ``packaging`` is available.
@@ -14,8 +13,7 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, manifest, mpi_probe, proc, store_fs
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import MPI_WHEELS
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, manifest, mpi, proc, store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
 
 canonical = distributions.canonical_name
@@ -111,35 +109,6 @@ def integrity_facts(venv_real, site_packages, params):
     return facts, dists
 
 
-def mpi_facts(raw, venv_roots, installed, env, python, params):
-    """Interpret the probe's MPI line, identify launcher and system MPI, run the smoke test."""
-    wheels = sorted(set(canonical(d["name"]) for d in installed) & set(MPI_WHEELS))
-    launcher = mpi_probe.launcher_facts(mpi_probe.find_launcher(env, params["launcher"]), env, params["timeout"])
-    # The activated venv's PATH comes first, so an MPI wheel's bin/mpiexec wins there too.
-    launcher["in_venv"] = bool(launcher["path"]) and mpi_probe.under(launcher["path"], venv_roots)
-    library = mpi_probe.library_facts(raw, venv_roots)
-    facts = {
-        "mpi4py_version": raw.get("mpi4py_version"),
-        "library": library,
-        "launcher": launcher,
-        "system": mpi_probe.system_facts(
-            library, launcher, mpi_probe.linker_cache(params["timeout"]),
-            # What the mpi role selected, as it wrote it into the venv's env file.
-            {"flavor": env.get("LOCKSTEP_MPI_FLAVOR"), "version": env.get("LOCKSTEP_MPI_VERSION")},
-        ),
-        "mpi_wheels": wheels,
-        "raw": raw,
-        "smoke": None,
-    }
-    # Without an importable mpi4py and a launcher there is nothing a launch could prove.
-    if params["smoke_test"] and raw.get("extension") and launcher.get("path"):
-        facts["smoke"] = mpi_probe.smoke_test(
-            launcher["path"], launcher["flavor"], python, env, params["smoke_timeout"]
-        )
-    facts["verdict"], facts["reasons"] = mpi_probe.verdict(facts, wheels, facts["smoke"])
-    return facts
-
-
 def collect(params, base_env):
     """Raw facts of one host: venv, the venv's files against its manifest, Python (with its
     marker environment), installed distributions, uv, MPI. Never modifies anything."""
@@ -162,7 +131,7 @@ def collect(params, base_env):
     guessed = distributions.guess_site_packages(venv_real)
     if guessed:
         facts["integrity"], facts["distributions"] = integrity_facts(venv_real, guessed, params)
-    py_facts, raw_mpi, error = mpi_probe.probe(python, env, params["timeout"], with_mpi=params["mpi"])
+    py_facts, raw_mpi, error = mpi.probe(python, env, params["timeout"], with_mpi=params["mpi"])
     facts["python"] = py_facts or {}
     if error and not py_facts:
         facts["python"]["error"] = error
@@ -173,5 +142,5 @@ def collect(params, base_env):
     facts["uv"] = uv_facts(env, params["uv_path"], pyvenv_cfg, params["timeout"])
     if params["mpi"]:
         raw_mpi = raw_mpi if py_facts else {"python_error": error}
-        facts["mpi"] = mpi_facts(raw_mpi or {"error": error}, [venv_real], facts["distributions"], env, python, params)
+        facts["mpi"] = mpi.mpi_facts(raw_mpi or {"error": error}, [venv_real], facts["distributions"], env, python, params)
     return facts

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: the one subprocess runner and PATH search every module uses (stdlib only).
+"""The one subprocess runner and PATH search every module uses (stdlib only).
 
 Every child runs in its own session so a timeout kills the whole process group (mpiexec
 leaves ranks behind, uv leaves build backends), and a child killed by a signal says so.

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: the venv store on disk — atomic writes and link flips, the store lock, pruning.
+"""The venv store on disk: atomic writes and link flips, the store lock, pruning.
 
 Stdlib only. A venv directory is complete when its manifest (``<venv>.manifest.json`` beside
 it, module_utils.manifest) exists: it is written last, after ``lockstep.json``.

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: build and run uv commands, read uv's JSON, explain uv's failures (stdlib only)."""
+"""Build and run uv commands, read uv's JSON, explain uv's failures (stdlib only)."""
 
 from __future__ import absolute_import, division, print_function
 

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side of ``lockstep.cluster.venv``: its option spec and the one call the module makes.
+"""Sync a venv on the host: the module's option spec and the one call it makes.
 
 The action plugin calls the module twice at most: ``stage=plan`` (read-only: probe the base
 Python, is the live venv exactly the lockfile?) and, only when something must change,
@@ -21,7 +20,7 @@ import os
 import shutil
 import tempfile
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import mpi_probe, os_packages, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, distributions, proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
@@ -90,7 +89,7 @@ print(json.dumps({"implementation": name, "version": "%d.%d" % v[:2], "abi": abi
 
 def probe_python(python, timeout):
     """``(executable, version, marker_environment)`` of the venv's base interpreter."""
-    facts, _mpi, error = mpi_probe.probe(python, dict(os.environ), timeout, with_mpi=False)
+    facts, _mpi, error = mpi.probe(python, dict(os.environ), timeout, with_mpi=False)
     if not facts:
         raise SyncError("cannot run the venv base Python %r: %s" % (python, error), "python")
     return facts["executable"], facts["version"], facts["marker_environment"]
@@ -208,7 +207,7 @@ def run(params, check_mode, base_env=None):
             previous=p["previous"], verify_files=p["verify_files"], expected=p["expected"],
             lock_timeout=p["lock_timeout"])
         result["key"] = store.key
-        result["package_manager"], result["missing_packages"] = os_packages.missing(p["packages"])
+        result["package_manager"], result["missing_packages"] = distributions.missing_packages(p["packages"])
         if p["stage"] == "apply":
             if p["wheelhouse"]:
                 receive(p["wheelhouse"], p["wheelhouse_incoming"])

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: a venv's environment file ``lockstep.env`` — one writer, one reader (stdlib only).
+"""A venv's environment file ``lockstep.env``: one writer, one reader (stdlib only).
 
 The format is what ``bin/activate`` can export without a shell parser: ``KEY=VALUE`` lines,
 ``#`` comments and blank lines; values are literal (no quotes, no ``$VAR`` expansion), so the

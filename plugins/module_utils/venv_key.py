@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: a venv's name and identity in the store — its lock stem, its key recipe and the
+"""A venv's name and identity in the store: its lock stem, its key recipe and the
 uv.toml that keys uv's build cache (stdlib only)."""
 
 from __future__ import absolute_import, division, print_function

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: a lock-synced venv store behind an atomic ``current`` symlink (stdlib only).
+"""A lock-synced venv store behind an atomic ``current`` symlink (stdlib only).
 
 Layout (``store`` and ``path`` are role options)::
 

@@ -1,7 +1,6 @@
-# Host side: shipped to the host with the modules that import it (stdlib only).
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host side: may this venv be trusted? Manifest findings grouped by package, the import
+"""May this venv be trusted? Manifest findings grouped by package, the import
 check, and the rollback that verifies its target before it flips (stdlib only)."""
 
 from __future__ import absolute_import, division, print_function
@@ -15,13 +14,12 @@ import os
 from ansible_collections.lockstep.cluster.plugins.module_utils import (
     distributions,
     manifest,
-    mpi_probe,
-    probe,
+    mpi,
     proc,
     store_fs,
     venv_env,
 )
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import family
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import family
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
 
 # Findings that are not in any package's RECORD are grouped under this name.
@@ -114,11 +112,11 @@ def mpi_reasons(venv, base_env, timeout):
     env, _env_file = venv_env.venv_environment(venv, base_env)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     python = os.path.join(venv, "bin", "python")
-    py_facts, raw, error = mpi_probe.probe(python, env, timeout, with_mpi=True)
+    py_facts, raw, error = mpi.probe(python, env, timeout, with_mpi=True)
     if not py_facts:
         return ["its Python does not run: %s" % error]
     params = {"launcher": None, "timeout": timeout, "smoke_test": False}
-    facts = probe.mpi_facts(raw or {"error": error}, [venv], [], env, python, params)
+    facts = mpi.mpi_facts(raw or {"error": error}, [venv], [], env, python, params)
     reasons = []
     built_for = env.get("LOCKSTEP_MPI_FLAVOR")
     launcher = facts["launcher"]

@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Host side (thin shell); the controller half is plugins/action/cluster_smoke.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""One MPI launch across the cluster, as the benchmark user, judged per host (module_utils/cluster_smoke.py, controller half plugins/action/cluster_smoke.py)."""
 
 from __future__ import absolute_import, division, print_function
 

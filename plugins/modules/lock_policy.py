@@ -1,4 +1,3 @@
-# Controller side: documentation only, the work is done by plugins/action/lock_policy.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Host side (thin shell); the controller half is plugins/action/mpi_select.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Install, select and describe one system MPI flavor in one host round trip (module_utils/mpi.py, controller half plugins/action/mpi.py)."""
 
 from __future__ import absolute_import, division, print_function
 

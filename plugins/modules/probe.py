@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Host side (thin shell); the controller half is plugins/action/env_drift.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Check a host's venv against the lock, and mpi4py against the system MPI (module_utils/probe.py, controller half plugins/action/probe.py)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -47,7 +48,7 @@ extends_documentation_fragment:
   - lockstep.cluster.lockstep
   - lockstep.cluster.lockstep.ACTION
   - lockstep.cluster.lockstep.PLATFORM
-  - lockstep.cluster.lockfile
+  - lockstep.cluster.lockstep.LOCKFILE
 attributes:
   check_mode:
     support: full

@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Host side (thin shell): the work is module_utils.venv_trust.rollback.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Flip a lockstep venv symlink back to the previous venv (module_utils/venv_trust.py)."""
 
 from __future__ import absolute_import, division, print_function
 

@@ -1,6 +1,7 @@
-# Controller side: documentation only, the work is done by plugins/action/drift_report.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Write the cluster drift reports from every host's env_drift result (documentation only: plugins/action/validate.py does the work on the controller)."""
 
 from __future__ import absolute_import, division, print_function
 

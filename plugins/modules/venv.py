@@ -1,7 +1,8 @@
 #!/usr/bin/python
-# Host side (thin shell); the controller half is plugins/action/uv_sync.py.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Sync a venv to a hash-pinned lock with uv, behind an atomic symlink (module_utils/venv.py, controller half plugins/action/venv.py)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -49,8 +50,8 @@ extends_documentation_fragment:
   - lockstep.cluster.lockstep
   - lockstep.cluster.lockstep.ACTION
   - lockstep.cluster.lockstep.PLATFORM
-  - lockstep.cluster.lockfile
-  - lockstep.cluster.uv
+  - lockstep.cluster.lockstep.LOCKFILE
+  - lockstep.cluster.lockstep.UV
 attributes:
   check_mode:
     support: full

@@ -1,7 +1,6 @@
-# Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: what every member of a cluster must hold, computed from the play's hostvars.
+"""What every member of a cluster must hold, computed from the play's hostvars.
 
 The members, their names and addresses, their SSH host keys (from the facts site.yml already
 gathered: no extra round trip), the hostfile in the MPI flavor's syntax, and the cluster's
@@ -15,7 +14,7 @@ import fcntl
 import os
 import re
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_ident import OMPI_ROOT_ENV
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import OMPI_ROOT_ENV
 
 # cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
 # import check (Jinja2 and PyYAML only) does not, and ansible-lint refuses sanity ignores.

@@ -1,7 +1,6 @@
-# Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: the one import of ``packaging`` (PEP 440/503/508/751) for every plugin_utils file.
+"""The one import of ``packaging`` (PEP 440/503/508/751) for every plugin_utils file.
 
 ansible-core depends on packaging, so every controller has it. The one place it is missing is
 ansible-test's plugin import check (a venv with only Jinja2 and PyYAML), and ansible-lint's

@@ -1,7 +1,6 @@
-# Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: the lock policy (pinned, hashed, CPU-only, the host's Python) and the
+"""The lock policy (pinned, hashed, CPU-only, the host's Python) and the
 GPU rule the drift validator shares."""
 
 from __future__ import annotations
@@ -10,10 +9,10 @@ import re
 from dataclasses import dataclass
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    canonicalize_name,
     InvalidVersion,
     SpecifierSet,
     Version,
-    canonicalize_name,
 )
 
 

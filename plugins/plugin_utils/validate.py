@@ -1,26 +1,34 @@
-# Controller side: imported by the action plugins only, never shipped to a host.
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side: a host's raw facts (module_utils.env_probe) against the lock.
+"""The verdict of an audit: each host's raw facts (module_utils.probe) against the lock, the
+hosts against each other, and the cluster smoke test's launch, with one named cause per host.
 
-PEP 440 / PEP 503 come from ``packaging``, which the controller has and the hosts may not,
-so this runs in the action plugin, never on a host.
+PEP 440 / PEP 503 come from ``packaging``, which the controller has and the hosts may not, so
+this runs in the action plugin, never on a host. Causes of the smoke test (``CAUSES``), the
+first that applies wins: the controller could not check the host, it is not in the hostfile,
+SSH from the launching host cannot reach it / refuses the login / finds another host key, the
+venv's Python is missing there, mpi4py does not import there, its rank loaded another MPI than
+the launcher's (launcher/flavor mismatch), its rank's environment differs from what the host
+reported itself, its rank never showed up, or its rank started but failed (MPI_Init,
+allreduce, ring exchange, timeout).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import Counter
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import family, parse_library_version
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+    canonicalize_name,
     InvalidVersion,
     SpecifierSet,
     Version,
-    canonicalize_name,
 )
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import gpu_reason, python_version_reason
+
 
 CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke")
 
@@ -290,3 +298,322 @@ def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True
         "mpi_abi": abi,
         "mpi_smoke": smoke,
     }
+
+
+CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host_key", "venv_missing",
+          "import_error", "flavor_mismatch", "env_differs", "rank_missing", "rank_failed")
+# A host whose rank was fine as far as it got, in a launch another host's failure brought down.
+ABORTED = "aborted"
+# Faults that bring a whole launch down (a rank whose environment differs still runs).
+_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "not_in_hostfile"])
+GATE_FIELDS = ("lock_sha256", "venv_path", "python", "mpi", "launcher", "mpi4py", "uv")
+
+_HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
+                       r"No \S+ host key is known|host key for \S+ has changed", re.I)
+_AUTH = re.compile(r"Permission denied \(|Too many authentication failures", re.I)
+_NET = re.compile(r"Connection refused|Connection timed out|No route to host|Could not resolve hostname|"
+                  r"Name or service not known|Network is unreachable|Connection closed by|"
+                  r"Connection reset|port 22: ", re.I)
+# Where a launcher says which host an exec or ssh failure was on.
+_NAMED = (
+    re.compile(r"[Hh]ost key for (?P<host>\S+) has changed"),
+    re.compile(r"No \S+ host key is known for (?P<host>\S+) and"),
+    re.compile(r"\S+@(?P<host>\S+): Permission denied \("),
+    re.compile(r"ssh: connect to host (?P<host>\S+) port \d+"),
+    re.compile(r"ssh: Could not resolve hostname (?P<host>[^:\s]+)"),
+    re.compile(r"Node:\s+(?P<host>\S+)"),
+    re.compile(r"\[proxy:[^@\]]*@(?P<host>[^\]]+)\][^\n]*(execvp error|No such file)"),
+)
+
+
+def ssh_cause(text):
+    """``(cause, line)`` for an ssh failure's stderr, or ``(None, None)``."""
+    for cause, pattern in (("host_key", _HOST_KEY), ("ssh_auth", _AUTH), ("ssh_unreachable", _NET)):
+        match = pattern.search(text or "")
+        if match:
+            line = next((ln.strip() for ln in (text or "").splitlines() if pattern.search(ln)), match.group(0))
+            return cause, line
+    return None, None
+
+
+def _value(result, field):
+    mpi = result.get("mpi") or {}
+    library, launcher = mpi.get("library") or {}, mpi.get("launcher") or {}
+    if field == "lock_sha256":
+        return (result.get("lock") or {}).get("sha256")
+    if field == "venv_path":
+        return (result.get("venv") or {}).get("path")
+    if field == "python":
+        return (result.get("python") or {}).get("version")
+    if field == "mpi":
+        return " ".join(p for p in (library.get("flavor"), library.get("version")) if p) or None
+    if field == "launcher":
+        return " ".join(p for p in (launcher.get("flavor"), launcher.get("version")) if p) or None
+    if field == "mpi4py":
+        return " ".join(p for p in (mpi.get("mpi4py_version"), library.get("variant")) if p) or None
+    if field == "uv":
+        return (result.get("uv") or {}).get("version")
+    raise KeyError(field)
+
+
+def gate(hosts, results):
+    """The hosts must agree on GATE_FIELDS. Reference per field: the most common value (ties:
+    the first host's). Returns ``{"passed", "reference", "disagreements": {host: [{"field",
+    "value", "reference"}]}, "values"}``; hosts without a result are not compared here."""
+    checked = [h for h in hosts if results.get(h)]
+    values = {h: {f: _value(results[h], f) for f in GATE_FIELDS} for h in checked}
+    reference = {}
+    for field in GATE_FIELDS:
+        counts = Counter(values[h][field] for h in checked)
+        if counts:
+            top = max(counts.values())
+            reference[field] = next(values[h][field] for h in checked if counts[values[h][field]] == top)
+    disagreements = {}
+    for host in checked:
+        for field in GATE_FIELDS:
+            if values[host][field] != reference.get(field):
+                disagreements.setdefault(host, []).append(
+                    {"field": field, "value": values[host][field], "reference": reference[field]})
+    return {"passed": not disagreements, "reference": reference, "disagreements": disagreements, "values": values}
+
+
+def packages_sha256(result):
+    """What a rank computes over its venv: sorted ``name==version``, PEP 503 names."""
+    pins = sorted("%s==%s" % (re.sub(r"[-_.]+", "-", d["name"]).lower(), d["version"])
+                  for d in result.get("distributions") or [])
+    return hashlib.sha256("\n".join(pins).encode("utf-8")).hexdigest()
+
+
+def env_differences(rank, result):
+    """Fields where the rank's view differs from the host's own env_drift report."""
+    mpi = result.get("mpi") or {}
+    own = {
+        "venv": (result.get("venv") or {}).get("realpath"),
+        "python": (result.get("python") or {}).get("version"),
+        "mpi4py": mpi.get("mpi4py_version"),
+        "library": ((mpi.get("raw") or {}).get("library_version") or "").strip() or None,
+        "libmpi": (mpi.get("library") or {}).get("libmpi_realpath"),
+        "packages": packages_sha256(result) if result.get("distributions") is not None else None,
+    }
+    seen = {
+        "venv": rank.get("prefix"),
+        "python": rank.get("python"),
+        "mpi4py": rank.get("mpi4py"),
+        "library": (rank.get("library_version") or "").strip() or None,
+        "libmpi": (rank.get("libmpi") or [None])[0],
+        "packages": rank.get("packages_sha256"),
+    }
+    out = []
+    for field in own:
+        if own[field] is not None and seen[field] != own[field]:
+            out.append("%s: rank has %s, the host reported %s" % (field, _shown(field, seen[field]), _shown(field, own[field])))
+    return out
+
+
+def _shown(field, value):
+    if value is None:
+        return "none"
+    if field == "packages":
+        return "sha256 " + value[:12]
+    if field == "library":
+        flavor, version = parse_library_version(value)
+        if flavor:
+            return _flavor_text(flavor, version)
+    return value.splitlines()[0][:80]
+
+
+def _flavor_text(flavor, version):
+    return " ".join(p for p in (flavor, version) if p) or "unknown"
+
+
+def attribute(members, ranks):
+    """Rank processes by member host: by the member file a rank read, else by its hostname."""
+    by_alias = {}
+    for m in members:
+        for alias in [m["host"], m["name"]] + list(m.get("aliases") or []):
+            by_alias.setdefault(alias, m["host"])
+            by_alias.setdefault(alias.split(".")[0], m["host"])
+    out, strays = {}, []
+    for rank in ranks:
+        ident = rank.get("id") or next(iter(rank.values()))
+        host = by_alias.get(ident.get("member") or "") or by_alias.get(ident.get("hostname") or "") \
+            or by_alias.get((ident.get("hostname") or "").split(".")[0])
+        if host:
+            out.setdefault(host, []).append(rank)
+        else:
+            strays.append(ident.get("hostname"))
+    return out, strays
+
+
+def launch_errors(smoke):
+    """Hosts a launcher's own output names with a failure: ``{hostfile name: (cause, line)}``."""
+    text = "\n".join([smoke.get("stderr_tail") or "", smoke.get("stdout_tail") or ""])
+    found = {}
+    for pattern in _NAMED:
+        for match in pattern.finditer(text):
+            host = match.group("host").rstrip(":,.")
+            context = text[max(0, match.start() - 400):match.end() + 200]
+            whole = text[text.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0]
+            cause, line = ssh_cause(whole)
+            if cause is None and re.search(r"execut|execvp|No such file", context):
+                said = re.search(r"[^\n]*(unable to launch|execvp error|could not access)[^\n]*", context)
+                cause, line = "venv_missing", (said.group(0) if said else whole).strip(" -")
+            if cause:
+                found.setdefault(host, (cause, line))
+    return found
+
+
+def judge_rank(rank, result, launcher, expected):
+    """``(cause, message)`` for one rank process, or (None, timings) when it is fine."""
+    ident, init, done = rank.get("id") or {}, rank.get("init"), rank.get("done")
+    if ident.get("import_error"):
+        return "import_error", "mpi4py does not import: %s" % ident["import_error"]
+    lib_flavor, lib_version = parse_library_version(ident.get("library_version"))
+    if family(lib_flavor) != family(launcher.get("flavor")):
+        return "flavor_mismatch", "the launcher is %s but the rank loaded %s" % (
+            _flavor_text(launcher.get("flavor"), launcher.get("version")), _flavor_text(lib_flavor, lib_version))
+    if result:
+        differs = env_differences(ident, result)
+        if differs:
+            return "env_differs", "; ".join(differs)
+    if not init:
+        return "rank_failed", "the rank never completed MPI_Init"
+    if init["size"] != expected:
+        return "rank_failed", "world size %s, expected %d" % (init["size"], expected)
+    if not done:
+        return "rank_failed", "rank %d never completed the allreduce and ring exchange" % init["rank"]
+    if done["allreduce"] != expected * (expected - 1) // 2 or done["ring_from"] != (done["rank"] - 1) % expected:
+        return "rank_failed", "rank %d: allreduce %s (expected %d), ring received %s (expected %d)" % (
+            done["rank"], done["allreduce"], expected * (expected - 1) // 2, done["ring_from"], (done["rank"] - 1) % expected)
+    return None, None
+
+
+def _timings(pre, ranks):
+    out = {}
+    if pre and pre.get("seconds") is not None:
+        out["ssh_s"] = pre["seconds"]
+    for rank in ranks:
+        for phase, key in (("id", "startup_s"), ("init", "init_s"), ("done", "collectives_s")):
+            value = (rank.get(phase) or {}).get(key)
+            if value is not None:
+                out[key] = max(out.get(key, 0), value)
+    return out
+
+
+def _launch_outlier(results, launcher, launch_host):
+    """When the launching host's launcher is of another flavor than most hosts', it is the one
+    to blame, not the ranks that loaded the others' MPI."""
+    flavors = Counter(f for f in (((results[h].get("mpi") or {}).get("launcher") or {}).get("flavor")
+                                  for h in results if results[h]) if f)
+    mine = launcher.get("flavor")
+    if not flavors or not mine:
+        return None
+    top, count = flavors.most_common(1)[0]
+    if family(top) != family(mine) and count > flavors.get(mine, 0):
+        return "the launcher on %s is %s while %d host(s) run %s launchers" % (
+            launch_host, _flavor_text(mine, launcher.get("version")), count, top)
+    return None
+
+
+def mark_aborted(hosts, launched, members, smoke):
+    """A failed launch takes every rank down: hosts that only lack a rank or MPI_Init while
+    another launched host has a fault that aborts a launch were aborted, not at fault. In a
+    launch that timed out, ranks wait in MPI_Init for the hosts whose rank never started."""
+    if smoke.get("returncode") == 0 and not smoke.get("timed_out"):
+        return
+    mine = [m for m in members if m["name"] in launched]
+    culprits = sorted(m["host"] for m in mine if hosts[m["host"]]["status"] in _ABORTS)
+    victims = ("rank_missing", "rank_failed")
+    if not culprits and smoke.get("timed_out"):
+        culprits = sorted(m["host"] for m in mine if hosts[m["host"]]["status"] == "rank_missing")
+        victims = ("rank_failed",)
+    if not culprits:
+        return
+    for m in mine:
+        entry = hosts[m["host"]]
+        if m["host"] not in culprits and entry["status"] in victims:
+            entry.update(status=ABORTED, message="%s; the launch was aborted because of %s" % (
+                entry["message"], ", ".join(culprits)))
+
+
+def smoke_verdict(members, results, smoke, launch_host):
+    """Per host: ``{"status": "ok" | cause, "message", "ranks", "timings"}``, and the overall
+    ``passed``. ``members``: ``[{"host", "name", "aliases"}]`` in play order (``name``: what the
+    hostfile says); ``results``: host -> env_drift result or None; ``smoke``: the module's
+    result (None when it did not run)."""
+    out = {"launch_host": launch_host, "hosts": {}, "problems": []}
+    if not smoke or smoke.get("unreachable") or (smoke.get("failed") and "stage" not in smoke):
+        why = (smoke or {}).get("msg") or "the cluster smoke test did not run"
+        out.update(passed=False, error=why)
+        for m in members:
+            out["hosts"][m["host"]] = {"status": "rank_missing" if results.get(m["host"]) else "unreachable",
+                                       "message": why, "ranks": [], "timings": {}}
+        out["problems"].append("smoke: %s" % why)
+        return out
+    launcher = smoke.get("launcher") or {}
+    expected = smoke.get("expected_ranks") or 0
+    pre = smoke.get("preflight") or {}
+    launched = set(smoke.get("launched_hosts") or [])
+    missing_in_file = set(smoke.get("not_in_hostfile") or [])
+    attributed, strays = attribute(members, smoke.get("ranks") or [])
+    named = launch_errors(smoke)
+    outlier = _launch_outlier(results, launcher, launch_host)
+    for m in members:
+        host, name = m["host"], m["name"]
+        ranks = attributed.get(host, [])
+        entry = {"status": "ok", "message": "", "timings": _timings(pre.get(name), ranks),
+                 "ranks": sorted((r.get("init") or {}).get("rank") for r in ranks if r.get("init"))}
+        out["hosts"][host] = entry
+        if not results.get(host):
+            entry.update(status="unreachable", message="not checked: the controller could not reach it or its check failed")
+        elif name in missing_in_file:
+            entry.update(status="not_in_hostfile", message="%s is not in the hostfile %s" % (name, smoke.get("hostfile")))
+        elif name in pre and pre[name].get("cause") == "flavor_mismatch":
+            entry.update(status="flavor_mismatch", message="%s, so the launcher on %s (%s) cannot start ranks there" % (
+                pre[name].get("error"), launch_host, _flavor_text(launcher.get("flavor"), launcher.get("version"))))
+        elif name in pre and not pre[name].get("ok"):
+            cause, line = ssh_cause(pre[name].get("error"))
+            entry.update(status=cause or "ssh_unreachable", message="ssh from %s as %s: %s" % (
+                launch_host, smoke.get("user"), line or pre[name].get("error") or "exit %s" % pre[name].get("rc")))
+        elif host == launch_host and outlier:
+            entry.update(status="flavor_mismatch", message=outlier)
+        elif name not in launched:
+            entry.update(status="rank_missing", message="not launched: %s" % (smoke.get("error") or "left out of the launch"))
+        elif not ranks:
+            hit = next((named[a] for a in [name] + list(m.get("aliases") or []) if a in named), None)
+            if hit:
+                entry.update(status=hit[0], message=hit[1] if hit[0] != "venv_missing" else
+                             "%s/bin/python cannot run there: %s" % (smoke.get("venv"), hit[1]))
+            elif smoke.get("timed_out"):
+                entry.update(status="rank_missing", message="no rank started before the launch timed out")
+            else:
+                blamed = sorted(h for h, (c, dummy) in named.items() if h != name)
+                entry.update(status="rank_missing", message="no rank reported from %s (launcher exit %s%s)" % (
+                    name, smoke.get("returncode"), "; the launch failed on %s" % ", ".join(blamed) if blamed else ""))
+        else:
+            for rank in ranks:
+                cause, message = judge_rank(rank, results[host], launcher, expected)
+                if cause:
+                    if cause == "flavor_mismatch" and outlier:
+                        message += " (launched from %s: %s)" % (launch_host, outlier)
+                    if cause == "rank_failed" and smoke.get("timed_out"):
+                        message += "; the launch timed out after %ss" % smoke.get("timeout")
+                    entry.update(status=cause, message=message)
+                    break
+            else:
+                if len(ranks) != 1 and expected:
+                    entry.update(status="rank_failed", message="%d ranks on this host, expected 1" % len(ranks))
+    mark_aborted(out["hosts"], launched, members, smoke)
+    for host, entry in out["hosts"].items():
+        if entry["status"] != "ok":
+            out["problems"].append("%s: %s: %s" % (host, entry["status"], entry["message"]))
+    if strays:
+        out["problems"].append("ranks on hosts outside the group: %s" % ", ".join(sorted(set(strays))))
+    if smoke.get("stragglers"):
+        out["problems"].append("killed leftover rank processes after the launch: %s" % ", ".join(
+            "%s %s" % (h, p) for h, p in sorted(smoke["stragglers"].items())))
+    clean = all(e["status"] == "ok" for e in out["hosts"].values())
+    if clean and (smoke.get("returncode") != 0 or smoke.get("error")):
+        out["problems"].append("the launch failed: %s" % (smoke.get("error") or "exit %s" % smoke.get("returncode")))
+    out["passed"] = clean and not strays and smoke.get("returncode") == 0 and not smoke.get("error")
+    return out

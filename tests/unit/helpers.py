@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 UV = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
@@ -254,3 +255,49 @@ def task_results(proc):
     out = json.loads(proc.stdout)
     return out["stats"]["localhost"], [(task["task"]["name"], res) for play in out["plays"] for task in play["tasks"]
                                        for res in task["hosts"].values()]
+
+
+def simple_index(tmp_path):
+    """Wheels alpha 1.0, beta 1.0 in a PEP 503 file index; returns paths and hashes."""
+    (tmp_path / "wheels").mkdir()
+    sha = {}
+    for name, version in (("alpha", "1.0"), ("beta", "1.0")):
+        path, digest = make_wheel(str(tmp_path / "wheels"), name, version)
+        sha[name] = digest
+        page = tmp_path / "simple" / name
+        page.mkdir(parents=True)
+        (page / "index.html").write_text('<a href="%s#sha256=%s">%s</a>\n' % (
+            (tmp_path / "wheels" / os.path.basename(path)).as_uri(), digest, os.path.basename(path)))
+    return {"tmp": tmp_path, "sha": sha, "url": (tmp_path / "simple").as_uri()}
+
+
+def uv_compile(index, source_text, out, *extra):
+    source = index["tmp"] / "in.txt"
+    source.write_text(source_text)
+    subprocess.run([UV, "pip", "compile", "--no-config", "-q", "--universal", "--python-version", "3.9",
+                    "--default-index", index["url"], str(source), "-o", str(out)] + list(extra), check=True)
+    return str(out)
+
+
+# Locks and hashes the lock tests share.
+LOCKS = Path(REPO) / "lockfiles"
+SMOKE = LOCKS / "smoke-cpu.txt"
+MLPERF = LOCKS / "mlperf-storage-cpu.txt"
+# sha256 of /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+TORCH_CPU_WHEEL_SHA256 = "sha256:6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
+H1 = "sha256:" + "a" * 64
+H2 = "sha256:" + "b" * 64
+PY311 = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux"}
+PYLOCK = """lock-version = "1.0"
+created-by = "hand"
+requires-python = ">=3.10"
+
+[[packages]]
+name = "alpha"
+version = "1.0"
+wheels = [{ url = "https://index.example/alpha-1.0-py3-none-any.whl", hashes = { sha256 = "%s" } }]
+%s"""
+
+
+def codes(violations):
+    return [(v.line, v.name, v.code) for v in violations]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.mpi_runtime import SONAMES, runtime_env
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import SONAMES, runtime_env
 
 from _role_vars import render
 

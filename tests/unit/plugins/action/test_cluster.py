@@ -6,6 +6,7 @@ only looks."""
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.lockstep.cluster.plugins.action.cluster import ActionModule

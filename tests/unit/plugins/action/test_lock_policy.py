@@ -4,10 +4,13 @@ from pathlib import Path
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
 
 from ansible_collections.lockstep.cluster.plugins.action.lock_policy import ActionModule, evaluate
+
+from helpers import PYLOCK
 
 REPO = Path(__file__).resolve().parents[4]
 H1 = "sha256:" + "1" * 64
@@ -115,3 +118,16 @@ def test_action_fails_on_violation(tmp_path):
 def test_action_rejects_bad_arguments(tmp_path, args):
     with pytest.raises(AnsibleActionFail):
         _action(args, tmp_path).run(task_vars={})
+
+
+def test_lock_policy_action_takes_a_pylock(tmp_path):
+    from ansible_collections.lockstep.cluster.plugins.action.lock_policy import evaluate
+
+    path = tmp_path / "pylock.gpu.toml"
+    path.write_text(PYLOCK % ("a" * 64, '\n[[packages]]\nname = "torch"\nversion = "2.5.1"\nwheels = [{ url = '
+                                        '"https://index.example/torch-2.5.1-py3-none-any.whl", hashes = { sha256 = '
+                                        '"%s" } }]\n' % ("e" * 64)))
+    result = evaluate(str(path), python_version="3.11")
+    assert result["failed"] and result["python_specifier"] == ">=3.10"
+    assert [(v["line"], v["name"], v["code"]) for v in result["violations"]] == [(10, "torch", "gpu")]
+    assert evaluate(str(path), python_version="3.9")["violations"][-1]["code"] == "python"

@@ -5,9 +5,10 @@ import os
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.lockstep.cluster.plugins.action.mpi import MODULE, ActionModule
+from ansible_collections.lockstep.cluster.plugins.action.mpi import ActionModule, MODULE
 
 RUNTIME = {"flavor": "mpich", "version": "4.0.2", "consistent": True, "env": {"MPI4PY_MPIABI": "mpich"}}
 ARGS = {"flavor": "mpich", "packages": ["mpich", "libmpich-dev"], "alternatives": ["mpi", "mpirun"]}

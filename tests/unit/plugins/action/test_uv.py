@@ -6,10 +6,11 @@ import os
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
 
-from ansible_collections.lockstep.cluster.plugins.action.uv import MODULE, ActionModule
+from ansible_collections.lockstep.cluster.plugins.action.uv import ActionModule, MODULE
 
 HASH = "a" * 64
 

@@ -5,6 +5,7 @@ is asked anything."""
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
 

@@ -9,8 +9,8 @@ import sys
 import textwrap
 import time
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import cluster_smoke as cs
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
+from ansible_collections.lockstep.cluster.plugins.module_utils import cluster_smoke as cs
 
 
 def test_hostfile_in_either_syntax():

@@ -16,8 +16,21 @@ import pytest
 from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, store_fs, venv_trust
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
 
-from helpers import (FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, OMPI_LAUNCHER, REPO, UV, installed, lock_of, make_store,
-                     make_wheel, snapshot, sync, wheelhouse)
+from helpers import (
+    FAKE_INIT,
+    FAKE_MPI,
+    HYDRA_LAUNCHER,
+    installed,
+    lock_of,
+    make_store,
+    make_wheel,
+    OMPI_LAUNCHER,
+    REPO,
+    snapshot,
+    sync,
+    UV,
+    wheelhouse,
+)
 
 COLLECTIONS = os.path.join(REPO, ".collections")
 # Holds the store lock as a sync would, in another process, until killed.

@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import probe, manifest, store_fs
-from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import evaluate
+from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, probe, store_fs
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import evaluate
+from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
 
-from helpers import UV, lock_of, make_store, snapshot, sync, wheelhouse
+from helpers import lock_of, make_store, snapshot, sync, UV, wheelhouse
 
 TAG = sys.implementation.cache_tag
 

@@ -1,6 +1,7 @@
-"""plugins/module_utils/mpi_select.py: packages, selection and description in one call, on a
-fake host in a temp dir (both flavors "installed", fake update-alternatives and dpkg-query on
-PATH that keep their state in JSON files and really re-point the links)."""
+"""plugins/module_utils/mpi.py: MPI names and versions on outputs captured on Debian 12/13 MPI
+stacks, the selection (alternatives, ABI link, facts) on a fake host in a temp dir (both flavors
+"installed", fake update-alternatives and dpkg-query on PATH that keep their state in JSON files
+and really re-point the links), the venv probe's verdicts and the smoke test."""
 
 import hashlib
 import json
@@ -10,8 +11,421 @@ import textwrap
 
 import pytest
 
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi as m
-from ansible_collections.lockstep.cluster.plugins.module_utils import os_packages
+
+# `update-alternatives --query mpi-x86_64-linux-gnu` on Debian 12 with both flavors installed.
+QUERY_ARCH = """\
+Name: mpi-x86_64-linux-gnu
+Link: /usr/include/x86_64-linux-gnu/mpi
+Slaves:
+ libmpi.so-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/libmpi.so
+ mpi.pc-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/pkgconfig/mpi.pc
+Status: auto
+Best: /usr/lib/x86_64-linux-gnu/openmpi/include
+Value: /usr/lib/x86_64-linux-gnu/openmpi/include
+
+Alternative: /usr/include/x86_64-linux-gnu/mpich
+Priority: 40
+Slaves:
+ libmpi.so-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/libmpich.so
+ mpi.pc-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/pkgconfig/mpich.pc
+
+Alternative: /usr/lib/x86_64-linux-gnu/openmpi/include
+Priority: 50
+Slaves:
+ libmpi.so-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openmpi/lib/libmpi.so
+ mpi.pc-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/pkgconfig/ompi.pc
+"""
+
+QUERY_MPIRUN_MANUAL_MPICH = """\
+Name: mpirun
+Link: /usr/bin/mpirun
+Slaves:
+ mpiexec /usr/bin/mpiexec
+Status: manual
+Best: /usr/bin/mpirun.openmpi
+Value: /usr/bin/mpirun.mpich
+
+Alternative: /usr/bin/mpirun.mpich
+Priority: 40
+Slaves:
+ mpiexec /usr/bin/mpiexec.mpich
+
+Alternative: /usr/bin/mpirun.openmpi
+Priority: 50
+Slaves:
+ mpiexec /usr/bin/mpiexec.openmpi
+"""
+
+QUERY_OPENMPI_ONLY = """\
+Name: mpi
+Link: /usr/bin/mpicc
+Status: auto
+Best: /usr/bin/mpicc.openmpi
+Value: /usr/bin/mpicc.openmpi
+
+Alternative: /usr/bin/mpicc.openmpi
+Priority: 50
+"""
+
+
+def test_parse_query():
+    info = m.parse_query(QUERY_ARCH)
+    assert info["name"] == "mpi-x86_64-linux-gnu"
+    assert info["status"] == "auto"
+    assert info["value"] == "/usr/lib/x86_64-linux-gnu/openmpi/include"
+    assert info["alternatives"] == ["/usr/include/x86_64-linux-gnu/mpich", "/usr/lib/x86_64-linux-gnu/openmpi/include"]
+
+
+@pytest.mark.parametrize("path, flavor", [
+    ("/usr/bin/mpicc.mpich", "mpich"),
+    ("/usr/bin/mpirun.openmpi", "openmpi"),
+    ("/usr/include/x86_64-linux-gnu/mpich", "mpich"),
+    ("/usr/lib/x86_64-linux-gnu/openmpi/include", "openmpi"),
+    ("/usr/lib/x86_64-linux-gnu/libmpi.so.40.30.4", "openmpi"),
+    ("/usr/lib/x86_64-linux-gnu/libmpi.so.12", "mpich"),
+    ("/usr/bin/opal_wrapper", None),
+    (None, None),
+])
+def test_flavor_of_path(path, flavor):
+    assert m.flavor_of_path(path) == flavor
+
+
+def test_plan_pins_every_alternative_to_one_flavor():
+    queries = {"mpi-x86_64-linux-gnu": m.parse_query(QUERY_ARCH), "mpirun": m.parse_query(QUERY_MPIRUN_MANUAL_MPICH)}
+    changes, errors = m.plan_alternatives(queries, "mpich")
+    assert errors == []
+    # mpirun is already manual on mpich: only the auto/openmpi one changes.
+    assert changes == [{"name": "mpi-x86_64-linux-gnu", "before": "/usr/lib/x86_64-linux-gnu/openmpi/include",
+                        "status": "auto", "after": "/usr/include/x86_64-linux-gnu/mpich"}]
+    changes, errors = m.plan_alternatives(queries, "openmpi")
+    # Right value but auto mode still gets pinned (a later install could flip auto mode).
+    assert [c["name"] for c in changes] == ["mpi-x86_64-linux-gnu", "mpirun"]
+    assert changes[1]["after"] == "/usr/bin/mpirun.openmpi"
+
+
+def test_plan_errors_name_the_missing_flavor():
+    changes, errors = m.plan_alternatives({"mpi": m.parse_query(QUERY_OPENMPI_ONLY), "mpirun": None}, "mpich")
+    assert changes == []
+    assert errors == [
+        "alternative 'mpi' has no mpich choice (registered: /usr/bin/mpicc.openmpi)",
+        "alternative 'mpirun' is not registered (is the mpich development package installed?)",
+    ]
+
+
+class FakeFs(object):
+    def __init__(self, files=(), links=None, owned=()):
+        self.files = set(files)
+        self.links = dict(links or {})
+        self.owned = set(owned)
+
+    def exists(self, path):
+        if path in self.links:
+            target = self.links[path]
+            return self.exists(target if target.startswith("/") else path.rsplit("/", 1)[0] + "/" + target)
+        return path in self.files
+
+    def islink(self, path):
+        return path in self.links
+
+    def readlink(self, path):
+        return self.links[path]
+
+    def owned_by_package(self, path):
+        return path in self.owned
+
+    def plan(self, flavor):
+        return m.plan_abi_link(LIB, flavor, self.exists, self.islink, self.readlink, self.owned_by_package)
+
+
+LIB = "/usr/lib/x86_64-linux-gnu"
+
+
+def test_abi_link_debian12_mpich_is_created():
+    fs = FakeFs(files=[LIB + "/libmpich.so.12"])
+    assert fs.plan("mpich") == ("create", LIB + "/libmpi.so.12")
+
+
+def test_abi_link_debian13_packaged_link_is_left_alone():
+    fs = FakeFs(files=[LIB + "/libmpich.so.12.4.1"], links={LIB + "/libmpi.so.12": "libmpich.so.12.4.1"},
+                owned=[LIB + "/libmpi.so.12"])
+    assert fs.plan("mpich") == (None, LIB + "/libmpi.so.12")
+    assert fs.plan("openmpi") == (None, LIB + "/libmpi.so.12")
+
+
+def test_abi_link_ours_is_removed_when_switching_away():
+    fs = FakeFs(files=[LIB + "/libmpich.so.12"], links={LIB + "/libmpi.so.12": "libmpich.so.12"})
+    assert fs.plan("mpich") == (None, LIB + "/libmpi.so.12")
+    assert fs.plan("openmpi") == ("remove", LIB + "/libmpi.so.12")
+    # Same target but owned by a package: not ours.
+    fs.owned.add(LIB + "/libmpi.so.12")
+    assert fs.plan("openmpi") == (None, LIB + "/libmpi.so.12")
+
+
+def test_abi_link_dangling_is_recreated_and_missing_mpich_reported():
+    fs = FakeFs(files=[LIB + "/libmpich.so.12"], links={LIB + "/libmpi.so.12": "libmpich.so.12.9"})
+    assert fs.plan("mpich") == ("create", LIB + "/libmpi.so.12")
+    assert FakeFs().plan("mpich") == ("missing-mpich", LIB + "/libmpi.so.12")
+
+
+def test_flavored_path_walks_the_alternatives_chain():
+    links = {"/usr/bin/mpicc": "/etc/alternatives/mpi", "/etc/alternatives/mpi": "/usr/bin/mpicc.openmpi",
+             "/usr/bin/mpicc.openmpi": "opal_wrapper"}
+    assert m.link_chain("/usr/bin/mpicc", links.get, links.__contains__) == [
+        "/usr/bin/mpicc", "/etc/alternatives/mpi", "/usr/bin/mpicc.openmpi", "/usr/bin/opal_wrapper"]
+    assert m.flavored_path("/usr/bin/mpicc", links.get, links.__contains__) == "/usr/bin/mpicc.openmpi"
+    assert m.flavored_path("/opt/x/mpicc", links.get, links.__contains__) == "/opt/x/mpicc"
+
+
+def test_runtime_env():
+    env = m.runtime_env("openmpi", "4.1.4", "/usr/lib/x86_64-linux-gnu/libmpi.so.40", allow_run_as_root=True,
+                        extra={"OMPI_MCA_btl": "self,vader"})
+    assert env == {
+        "LOCKSTEP_MPI_FLAVOR": "openmpi",
+        "LOCKSTEP_MPI_VERSION": "4.1.4",
+        "MPI4PY_MPIABI": "openmpi",
+        "MPI4PY_LIBMPI": "/usr/lib/x86_64-linux-gnu/libmpi.so.40",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "OMPI_MCA_btl": "self,vader",
+    }
+    # Root flags are Open MPI only; RHEL paths come in through os_env.
+    env = m.runtime_env("mpich", "4.1.1", "/usr/lib64/mpich/lib/libmpi.so.12", allow_run_as_root=True,
+                        os_env={"MPI_BIN": "/usr/lib64/mpich/bin", "LD_LIBRARY_PATH": "/usr/lib64/mpich/lib"})
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in env
+    assert env["MPI_BIN"] == "/usr/lib64/mpich/bin"
+
+
+def test_consistency_problems():
+    assert m.consistency_problems("mpich", "mpich", "/usr/bin/mpicc.mpich",
+                                  "/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2") == []
+    assert m.consistency_problems("mpich", "openmpi", "/usr/bin/mpicc.openmpi",
+                                  "/usr/lib/x86_64-linux-gnu/libmpi.so.40.30.4") == [
+        "mpiexec is openmpi, not mpich",
+        "mpicc is openmpi (/usr/bin/mpicc.openmpi)",
+        "libmpi.so is openmpi (/usr/lib/x86_64-linux-gnu/libmpi.so.40.30.4)",
+    ]
+
+
+# Captured in a Debian 12 container (openmpi-bin 4.1.4, mpich 4.0.2, PyPI mpich 5.0.2).
+OMPI4_LIB = "Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4, repo rev: v4.1.4, May 26, 2022"
+MPICH_LIB = "MPICH Version:  4.0.2\nMPICH Release date:     Thu Apr  7 12:34:45 CDT 2022\nMPICH ABI:      14:2:2"
+OMPI4_LAUNCHER = "mpiexec (OpenRTE) 4.1.4\n\nReport bugs to http://www.open-m.org/community/help/\n"
+OMPI5_LAUNCHER = "mpiexec (Open MPI) 5.0.7\n\nReport bugs to https://www.open-m.org/community/help/\n"
+HYDRA_LAUNCHER = "HYDRA build details:\n    Version:                                 4.0.2\n    Release Date: x\n"
+LDCONFIG = """3 libs found in cache `/etc/ld.so.cache'
+\tlibmpich.so.12 (libc6,x86-64) => /lib/x86_64-linux-gnu/libmpich.so.12
+\tlibmpi_cxx.so.40 (libc6,x86-64) => /lib/x86_64-linux-gnu/libmpi_cxx.so.40
+\tlibmpi.so.40 (libc6,x86-64) => /lib/x86_64-linux-gnu/libmpi.so.40
+\tlibmpi.so (libc6,x86-64) => %s
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (OMPI4_LIB, ("openmpi", "4.1.4")),
+    (MPICH_LIB, ("mpich", "4.0.2")),
+    ("Intel(R) MPI Library 2021.13 for Linux* OS\n", ("impi", "2021.13")),
+    ("MVAPICH2 Version:     2.3.7\nMVAPICH2 Release date: x", ("mvapich", "2.3.7")),
+    ("Some other MPI 1.0", (None, None)),
+    (None, (None, None)),
+])
+def test_parse_library_version(text, expected):
+    assert m.parse_library_version(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    (OMPI4_LAUNCHER, ("openmpi", "4.1.4")),
+    (OMPI5_LAUNCHER, ("openmpi", "5.0.7")),
+    (HYDRA_LAUNCHER, ("mpich", "4.0.2")),
+    ("mpirun (Open MPI) 5.0.7\n\nReport bugs to https://www.open-m.org/community/help/\n", ("openmpi", "5.0.7")),
+    ("mpiexec.openmpi (OpenRTE) 4.1.4\n", ("openmpi", "4.1.4")),
+    ("Intel(R) MPI Library for Linux* OS, Version 2021.13 Build 2024", ("impi", "2021.13")),
+    ("usage: something", (None, None)),
+])
+def test_parse_launcher_version(text, expected):
+    assert m.parse_launcher_version(text) == expected
+
+
+@pytest.mark.parametrize("path, flavor", [
+    ("/usr/bin/mpiexec.openmpi", "openmpi"),
+    ("/usr/bin/orterun", "openmpi"),
+    ("/usr/bin/mpiexec.hydra", "mpich"),
+    ("/usr/lib64/mpich/bin/mpiexec", "mpich"),
+    ("/usr/bin/mpiexec", None),
+])
+def test_flavor_of_a_launcher_path(path, flavor):
+    assert m.flavor_of_path(path) == flavor
+
+
+@pytest.mark.parametrize("path, variant", [
+    ("/v/mpi4py/MPI.openmpi.cpython-311-x86_64-linux-gnu.so", "openmpi"),
+    ("/v/mpi4py/MPI.mpich.cpython-313-x86_64-linux-gnu.so", "mpich"),
+    ("/v/mpi4py/MPI.cpython-311-x86_64-linux-gnu.so", None),
+    ("/v/mpi4py/MPI.abi3.so", None),
+    (None, None),
+])
+def test_variant_from_extension(path, variant):
+    assert m.variant_from_extension(path) == variant
+
+
+def test_parse_ldconfig_default_follows_libmpi_so(tmp_path):
+    real = tmp_path / "libmpich.so.12.2.2"
+    real.write_text("")
+    (tmp_path / "libmpi.so").symlink_to(real)
+    found = m.parse_ldconfig(LDCONFIG % (tmp_path / "libmpi.so"))
+    assert found["default"] == "mpich"
+    assert found["openmpi"] == "/lib/x86_64-linux-gnu/libmpi.so.40"
+    assert found["mpich"] == "/lib/x86_64-linux-gnu/libmpich.so.12"
+
+
+def facts(library=None, launcher=None, raw=None):
+    base_library = {"flavor": "openmpi", "version": "4.1.4", "variant": "openmpi",
+                    "libmpi": "/usr/lib/libmpi.so.40", "in_venv": False}
+    base_launcher = {"path": "/usr/bin/mpiexec", "flavor": "openmpi", "version": "4.1.4", "in_venv": False}
+    base_raw = {"extension": "/v/MPI.openmpi.so", "library_version": OMPI4_LIB}
+    base_library.update(library or {})
+    base_launcher.update(launcher or {})
+    base_raw.update(raw or {})
+    return {"library": base_library, "launcher": base_launcher, "raw": base_raw}
+
+
+PASSED = {"passed": True, "reasons": []}
+
+
+def test_verdict_compatible():
+    assert m.verdict(facts(), [], PASSED) == ("compatible", [])
+    verdict, reasons = m.verdict(facts(), [], None)
+    assert verdict == "compatible" and "smoke test not run" in reasons[0]
+
+
+def test_verdict_launcher_of_other_flavor():
+    verdict, reasons = m.verdict(facts(launcher={"flavor": "mpich", "version": "4.0.2"}), [], PASSED)
+    assert verdict == "incompatible"
+    assert reasons == ["launcher /usr/bin/mpiexec is mpich but mpi4py loaded openmpi"]
+
+
+def test_verdict_same_abi_family_is_compatible():
+    impi = facts(library={"flavor": "impi", "variant": "mpich", "version": "2021.13"},
+                 launcher={"flavor": "mpich", "version": "4.0.2"})
+    assert m.verdict(impi, [], PASSED)[0] == "compatible"
+
+
+def test_verdict_open_mpi_major_mismatch():
+    verdict, reasons = m.verdict(facts(launcher={"version": "5.0.7"}), [], PASSED)
+    assert verdict == "incompatible" and "5.0.7" in reasons[0] and "4.1.4" in reasons[0]
+
+
+def test_verdict_mpi_wheel_shadowing():
+    shadow = facts(library={"flavor": "mpich", "variant": "mpich", "version": "5.0.2", "in_venv": True,
+                            "libmpi": "/v/lib/libmpi.so.12"},
+                   launcher={"path": "/v/bin/mpiexec", "flavor": "mpich", "version": "5.0.2", "in_venv": True})
+    verdict, reasons = m.verdict(shadow, ["mpich"], PASSED)
+    assert verdict == "incompatible"
+    assert reasons == [
+        "PyPI MPI wheel 'mpich' installed in the venv",
+        "libmpi loaded from inside the venv (/v/lib/libmpi.so.12) shadows the system MPI",
+        "launcher /v/bin/mpiexec comes from inside the venv and shadows the system one",
+    ]
+
+
+def test_verdict_import_error_is_incompatible_missing_mpi4py_unknown():
+    broken = facts(raw={"import_error": "libmpi.so.12: cannot open shared object file", "extension": None})
+    assert m.verdict(broken, [], None)[0] == "incompatible"
+    absent = facts(raw={"import_error": "No module named 'mpi4py'"})
+    assert m.verdict(absent, [], None) == ("unknown", ["mpi4py is not installed in the venv"])
+
+
+def test_verdict_unknown_without_launcher_or_flavor():
+    assert m.verdict(facts(launcher={"path": None, "error": "no launcher"}), [], None) == (
+        "unknown", ["no launcher"])
+    verdict, reasons = m.verdict(facts(library={"flavor": None}), [], None)
+    assert verdict == "unknown" and "unrecognised MPI library" in reasons[0]
+
+
+def test_verdict_failed_smoke_wins():
+    smoke = {"passed": False, "reasons": ["ranks [0, 0], expected [0, 1]"]}
+    assert m.verdict(facts(), [], smoke) == ("incompatible", ["smoke test: ranks [0, 0], expected [0, 1]"])
+
+
+def test_system_facts_prefers_loaded_system_library_then_ldconfig():
+    library = {"flavor": "openmpi", "version": "4.1.4", "in_venv": False}
+    assert m.system_facts(library, {}, {})["source"] == "libmpi loaded by mpi4py"
+    shadowed = {"flavor": "mpich", "version": "5.0.2", "in_venv": True}
+    venv_launcher = {"flavor": "mpich", "version": "5.0.2", "in_venv": True}
+    system = m.system_facts(shadowed, venv_launcher, {"openmpi": "/l", "mpich": "/m", "default": "openmpi"})
+    assert system == {"flavor": "openmpi", "version": None, "source": "ldconfig cache"}
+    launcher = {"flavor": "openmpi", "version": "4.1.4", "in_venv": False}
+    assert m.system_facts(shadowed, launcher, {"openmpi": "/l"})["version"] == "4.1.4"
+    assert m.system_facts({}, launcher, {})["source"] == "launcher"
+
+
+def test_evaluate_smoke_pass_and_other_flavor_launcher():
+    good = m.evaluate_smoke(0, "LOCKSTEP-RANK 1 2 h\nLOCKSTEP-RANK 0 2 h\n", "", 2)
+    assert good["passed"] and good["ranks"] == [0, 1] and good["sizes"] == [2]
+    # What mpiexec.mpich prints for an Open MPI build (captured): every rank alone.
+    stderr = ("Your environment has PMI_SIZE=2 set, but mpi4py was built with Open MPI.\n"
+              "<frozen importlib._bootstrap>:241: RuntimeWarning: suspicious MPI execution environment\n")
+    bad = m.evaluate_smoke(0, "LOCKSTEP-RANK 0 1 h\nLOCKSTEP-RANK 0 1 h\n", stderr, 2)
+    assert not bad["passed"] and bad["suspicious_warning"]
+    assert bad["reasons"][0] == "ranks [0, 0], expected [0, 1]"
+    assert bad["stderr_tail"][-1].endswith("suspicious MPI execution environment")
+    timed_out = m.evaluate_smoke(None, "", "", 2, timeout=5)
+    assert "launch timed out after 5s" in timed_out["reasons"]
+
+
+def test_smoke_command_flags():
+    assert "--oversubscribe" in m.smoke_command("/usr/bin/mpiexec", "openmpi", "/v/bin/python")
+    hydra = m.smoke_command("/usr/bin/mpiexec", "mpich", "/v/bin/python")
+    assert "--oversubscribe" not in hydra and hydra[:3] == ["/usr/bin/mpiexec", "-n", "2"]
+
+
+def test_smoke_environment_allows_root_only_for_open_mpi(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert m.smoke_environment({}, "openmpi")["OMPI_ALLOW_RUN_AS_ROOT"] == "1"
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in m.smoke_environment({}, "mpich")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in m.smoke_environment({}, "openmpi")
+
+
+def test_probe_reports_python_even_when_mpi_import_crashes(tmp_path):
+    site = tmp_path / "site"
+    (site / "mpi4py").mkdir(parents=True)
+    (site / "mpi4py" / "__init__.py").write_text(
+        "__version__ = '4.1.2'\nclass rc:\n    pass\nimport os\nos._exit(-11 & 0xff)\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    python, mpi_facts, error = m.probe(sys.executable, env, timeout=30)
+    assert python["marker_environment"]["python_full_version"] == "%d.%d.%d" % sys.version_info[:3]
+    assert mpi_facts == {"error": error} and error.startswith("the probe exited 245")
+
+
+def test_probe_cannot_run():
+    assert m.probe("/nonexistent/python", {}, 5)[2].startswith("cannot run /nonexistent/python")
+
+
+def test_find_launcher_walks_path(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+    (second / "mpirun").write_text("")
+    (second / "mpirun").chmod(0o755)
+    (first / "mpiexec").write_text("")  # not executable: skipped
+    env = {"PATH": "%s:%s" % (first, second)}
+    assert m.find_launcher(env) == str(second / "mpirun")
+    assert m.find_launcher(env, "/explicit/mpiexec") == "/explicit/mpiexec"
+
+
+def test_provisioned_flavor_from_the_env_file_is_the_expectation():
+    provisioned = {"flavor": "mpich", "version": "4.0.2"}
+    system = m.system_facts({"flavor": "openmpi", "in_venv": False}, {}, {}, provisioned)
+    assert system == {"flavor": "mpich", "version": "4.0.2", "source": "lockstep.env"}
+    mismatch = dict(facts(), system=system)
+    verdict, reasons = m.verdict(mismatch, [], PASSED)
+    assert verdict == "incompatible"
+    assert reasons == ["the host was provisioned with mpich but mpi4py loaded openmpi"]
+    matching = dict(facts(), system=m.system_facts({}, {}, {}, {"flavor": "openmpi"}))
+    assert m.verdict(matching, [], PASSED) == ("compatible", [])
+
 
 UPDATE_ALTERNATIVES = r'''#!{python}
 import json, os, sys
@@ -95,7 +509,7 @@ class Host(object):
             python=sys.executable, state=str(root / "alternatives.json"), log=str(root / "alternatives.log")))
         self.script(fake / "dpkg-query", DPKG_QUERY.format(python=sys.executable, packages=str(root / "packages.json")))
         monkeypatch.setenv("PATH", "%s:%s" % (fake, os.environ["PATH"]))
-        monkeypatch.setattr(os_packages, "manager", lambda: "apt")
+        monkeypatch.setattr(distributions, "package_manager", lambda: "apt")
 
     @staticmethod
     def script(path, text):

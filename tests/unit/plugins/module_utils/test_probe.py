@@ -11,7 +11,7 @@ from ansible_collections.lockstep.cluster.plugins.module_utils import probe
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
 
-from helpers import FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, OMPI_LAUNCHER, make_dist
+from helpers import FAKE_INIT, FAKE_MPI, HYDRA_LAUNCHER, make_dist, OMPI_LAUNCHER
 
 PY = "python%d.%d" % sys.version_info[:2]
 LOCK = parse_lock("mpi4py==4.1.2\nsix==1.17.0\n", "lock.txt")

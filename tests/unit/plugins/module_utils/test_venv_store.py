@@ -15,12 +15,11 @@ import textwrap
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env
-from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
-from ansible_collections.lockstep.cluster.plugins.module_utils import venv_trust
+from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env, venv_trust
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
+from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
 
-from helpers import UV, installed, lock_of, lock_text, make_store, snapshot, sync, wheelhouse
+from helpers import installed, lock_of, lock_text, make_store, snapshot, sync, UV, wheelhouse
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv import ARGUMENT_SPEC
