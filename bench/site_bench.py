@@ -51,9 +51,8 @@ SMOKE = """\
     - name: Launch across the cluster
       lockstep.cluster.cluster_smoke:
         members: "{{ ansible_play_hosts_all }}"
-        result_var: ""
+        probe_var: ""
         venv: /opt/lockstep/venv
-      when: inventory_hostname == ansible_play_hosts_all[0]
 """
 
 BARE = """\

@@ -11,7 +11,7 @@ import json
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC, member_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
@@ -19,11 +19,6 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
 MODULE = "lockstep.cluster.cluster"
 _INTERNAL = ("stage", "files", "private_key_src")
 SSH_DIR = ".ssh"
-
-
-def member_file(hostfile):
-    """``cluster.json`` beside the hostfile: which member this host is."""
-    return hostfile.rsplit("/", 1)[0] + "/cluster.json" if "/" in hostfile else "cluster.json"
 
 
 def file_specs(args, me, entries, key_sha256, public_line):

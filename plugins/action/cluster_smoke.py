@@ -1,31 +1,28 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Launch one MPI job across the cluster: pick the members the controller reached,
-run the launch once on the launching host, and judge it per host against each host's own
-env_drift result."""
+"""Launch one MPI job across the cluster: elect the launching host among the members the
+controller checked (plugin_utils.validate.elect, the rule the verdict blames by), and run the
+launch there only; every other host skips without a round trip. The verdict is
+lockstep.cluster.validate's."""
 
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import smoke_verdict
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.cluster import address_and_aliases
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import checked, elect
 
 MODULE = "lockstep.cluster.cluster_smoke"
 
 
-def checked(result):
-    """An env_drift result the host really produced (not unreachable, not failed)."""
-    return bool(result) and result.get("status") in ("ok", "drift")
-
-
 def describe_members(names, hostvars):
+    """``[{"host", "name", "aliases"}]``: the name the hostfile gives each member and every
+    name it may report (the cluster role's own rule)."""
     out = []
     for name in names:
-        hv = hostvars.get(name) or {}
-        address = str(hv.get("cluster_address") or name)
-        aliases = [a for a in (address, name, hv.get("ansible_host")) if a]
-        out.append({"host": name, "name": address, "aliases": list(dict.fromkeys(str(a) for a in aliases))})
+        address, aliases = address_and_aliases(name, hostvars.get(name) or {})
+        out.append({"host": name, "name": address, "aliases": aliases})
     return out
 
 
@@ -39,26 +36,25 @@ class ActionModule(ActionBase):
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         hostvars = task_vars.get("hostvars", {})
+        me = task_vars.get("inventory_hostname")
         members = describe_members(args["members"], hostvars)
-        results = {}
+        facts = {}
         for m in members:
-            if not args["result_var"]:  # nothing to compare with: launch on every member
-                results[m["host"]] = {"status": "ok"}
-                continue
-            value = (hostvars.get(m["host"]) or {}).get(args["result_var"])
+            value = (hostvars.get(m["host"]) or {}).get(args["probe_var"]) if args["probe_var"] else {"validate": {}}
             value = self._templar.template(value) if value is not None else None
-            results[m["host"]] = value if checked(value) else None
-        launch_host = self._task.delegate_to or task_vars.get("inventory_hostname")
-        module_args = dict(self._task.args, hosts=[m["name"] for m in members if results[m["host"]]])
-        if not module_args["hosts"]:
-            smoke = {"failed": True, "msg": "no member was checked: nothing to launch on"}
-        else:
-            smoke = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
-            for key in ("invocation", "_ansible_no_log", "changed"):
-                smoke.pop(key, None)
-        verdict = smoke_verdict(members, results, smoke, launch_host)
-        # The verdict is the outcome; the reports (drift_report) decide whether it fails the play.
-        result.update(changed=False, passed=verdict["passed"], verdict=verdict, smoke=smoke)
-        outcome = "passed" if verdict["passed"] else "FAILED"
-        result["msg"] = "cluster smoke %s: %s" % (outcome, "; ".join(verdict["problems"]) or "every host ran its rank")
+            facts[m["host"]] = value["validate"] if checked(value) or not args["probe_var"] else None
+        election = elect(args["members"], facts)
+        result.update(changed=False, launch_host=election["host"], election=election)
+        if election["host"] != me:
+            why = "launched from %s" % election["host"] if election["host"] else \
+                "no member was checked: nothing to launch on"
+            result.update(skipped=True, msg=why)
+            return result
+        module_args = dict(self._task.args, hosts=[m["name"] for m in members if facts[m["host"]] is not None])
+        smoke = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        for key in ("invocation", "_ansible_no_log", "changed"):
+            smoke.pop(key, None)
+        result.update(launched=True, members=members, smoke=smoke)
+        result["msg"] = smoke.get("msg") or smoke.get("error") or "launched %s rank(s) from %s" % (
+            smoke.get("expected_ranks"), me)
         return result

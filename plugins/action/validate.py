@@ -1,10 +1,10 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The audit's verdict and reports, written on the controller from every host's probe."""
+"""Judge an audit and write its reports on the controller, once for the play: every host's
+probe against the lock, the hosts against each other, the cluster launch; the run fails here
+and nowhere else."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 import os
 
@@ -12,24 +12,28 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate_report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps, validate, validate_report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, read_lock
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
-    result_var=dict(type="str", default="_validate_result"),
+    lockfile=dict(type="path", required=True),
+    probe_var=dict(type="str", default="_validate_probe"),
+    cluster_var=dict(type="str", default="_validate_cluster"),
+    cluster_smoke=dict(type="bool", default=True),
+    smoke_test=dict(type="bool", default=True),
+    ignore_packages=dict(type="list", elements="str", default=[]),
+    uv_version=dict(type="str"),
     dest=dict(type="path", required=True),
     run_id=dict(type="str", required=True),
     fail_on_drift=dict(type="bool", default=False),
-    cluster_var=dict(type="str", default="_validate_cluster"),
 )
 
 
-def cluster_problems(cluster):
-    """One line per disagreeing field and per host the smoke test blames."""
-    lines = ["%s: %s is %s, the others %s" % (host, d["field"], d["value"], d["reference"])
-             for host, found in sorted(cluster["gate"]["disagreements"].items()) for d in found]
-    return lines + list((cluster["smoke"] or {}).get("problems") or [])
+def _summary(report, status):
+    if report is None:
+        return {"status": status[0], "message": status[1]}
+    return dict((k, report[k]) for k in ("status", "problems", "counts", "checks", "fingerprint"))
 
 
 class ActionModule(ActionBase):
@@ -38,8 +42,13 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = False
 
+    def _registered(self, hostvars, host, name):
+        value = (hostvars.get(host) or {}).get(name) if host in hostvars else None
+        # Templating the registered dict gives plain data to judge and serialize.
+        return self._templar.template(value) if value is not None else None
+
     def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
+        result = super().run(tmp, task_vars)
         try:
             deps.require()
         except RuntimeError as exc:
@@ -47,39 +56,35 @@ class ActionModule(ActionBase):
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         hostvars = task_vars.get("hostvars", {})
-        results = {}
-        for host in args["hosts"]:
-            value = hostvars[host].get(args["result_var"]) if host in hostvars else None
-            # Templating the registered dict gives plain data to serialize.
-            results[host] = self._templar.template(value) if value is not None else None
-        lock = next((r["lock"] for r in results.values() if r and r.get("lock")), None)
-        # The launching host's registered cluster smoke result; the others skipped the task.
-        registered = [hostvars[h].get(args["cluster_var"]) for h in args["hosts"]
-                      if h in hostvars and hostvars[h].get(args["cluster_var"]) is not None]
-        cluster = next((r for r in registered if not r.get("skipped")), registered[0] if registered else None)
-        cluster = self._templar.template(cluster) if cluster is not None else None
+        path, lock = read_lock(self, args["lockfile"])
+        probes = dict((h, self._registered(hostvars, h, args["probe_var"])) for h in args["hosts"])
+        launches = [self._registered(hostvars, h, args["cluster_var"]) for h in args["hosts"]]
         try:
-            built = validate_report.write(os.path.abspath(args["dest"]), args["run_id"], args["hosts"], results, lock, cluster)
+            verdict = validate.judge(
+                args["hosts"], probes, lock, {"path": path, "sha256": lock.sha256, "entries": len(lock.entries)},
+                launches, cluster_smoke=args["cluster_smoke"], ignore=args["ignore_packages"],
+                uv_version=args["uv_version"], smoke_test=args["smoke_test"])
+        except LockError as exc:  # markers that cannot be evaluated, or two pins apply
+            raise AnsibleActionFail("the lock does not fit a host: %s" % to_native(exc))
+        try:
+            built = validate_report.write(os.path.abspath(args["dest"]), args["run_id"], verdict)
         except (IOError, OSError) as exc:
             raise AnsibleActionFail("cannot write reports under %s: %s" % (args["dest"], to_native(exc)))
+        statuses = dict((h, s[0]) for h, s in verdict["statuses"].items())
         result.update(
-            changed=False,
-            directory=built["directory"],
-            files=built["files"],
-            table=built["table"],
-            statuses=built["statuses"],
-            drifted_hosts=built["drifted"],
-            unreachable_hosts=built["unreachable"],
-            consistency=built["consistency"],
-            cluster={"verdict": built["cluster"]["verdict"], "failed_hosts": built["cluster"]["failed_hosts"],
-                     "problems": cluster_problems(built["cluster"])},
+            changed=False, directory=built["directory"], files=built["files"], table=built["table"],
+            statuses=statuses, drifted_hosts=verdict["drifted"], unreachable_hosts=verdict["unreachable"],
+            gate=verdict["gate"], cluster=dict(verdict["cluster"], problems=verdict["problems"]),
+            problems=verdict["problems"],
+            # Per host what a person acts on; the whole facts are in <host>.json.
+            reports=dict((h, _summary(r, verdict["statuses"][h])) for h, r in verdict["reports"].items()),
         )
-        bad = built["drifted"] + built["unreachable"]
-        summary = "%d host(s): %d drifted, %d unreachable or failed, %d fingerprint(s); reports in %s" % (
-            len(args["hosts"]), len(built["drifted"]), len(built["unreachable"]),
-            len(built["consistency"]["groups"]), built["directory"],
-        )
-        result["msg"] = summary + "; cluster: %s" % built["cluster"]["verdict"]
-        if (bad or built["cluster"]["verdict"] == "fail") and args["fail_on_drift"]:
+        counts = "%d host(s): %d drifted, %d unreachable or failed; cluster %s" % (
+            len(args["hosts"]), len(verdict["drifted"]), len(verdict["unreachable"]), verdict["cluster"]["verdict"])
+        result["msg"] = "%s; reports in %s" % (counts, built["directory"])
+        if verdict["failed"] and args["fail_on_drift"]:
+            # The host and its cause in the message itself, not only in a side file.
             result["failed"] = True
+            result["msg"] = "%s:\n%s\nSee %s/summary.md" % (counts, "\n".join("- " + p for p in verdict["problems"]),
+                                                            built["directory"])
         return result

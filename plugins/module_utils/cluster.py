@@ -41,6 +41,8 @@ ARGUMENT_SPEC = dict(
     private_key_src=dict(type="path"),
 )
 
+# Which member this host is, written beside the hostfile (the cluster smoke's ranks read it).
+MEMBER_FILE = "cluster.json"
 BEGIN = "# BEGIN lockstep.cluster"
 END = "# END lockstep.cluster"
 
@@ -73,6 +75,11 @@ def owner_ids(spec, user):
     if spec.get("owner") == "user":
         return user["uid"], user["gid"]
     return 0, 0
+
+
+def member_file(hostfile):
+    """``cluster.json`` beside the hostfile."""
+    return os.path.join(os.path.dirname(hostfile), MEMBER_FILE)
 
 
 ABSENT = {"exists": False, "text": None, "mode": None, "uid": None, "gid": None, "symlink": False}

@@ -27,6 +27,7 @@ import time
 import uuid
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, proc
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import member_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import root_env
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import read as read_env_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
@@ -34,7 +35,7 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import v
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
 ARGUMENT_SPEC = dict(
     members=dict(type="list", elements="str", required=True),
-    result_var=dict(type="str", default="_validate_result"),
+    probe_var=dict(type="str", default="_validate_probe"),
     venv=dict(type="path", required=True),
     user=dict(type="str", default="bench"),
     hostfile=dict(type="path", default="/etc/lockstep/hostfile"),
@@ -50,7 +51,6 @@ ARGUMENT_SPEC = dict(
 )
 
 TAG = "LOCKSTEP-CLUSTER "
-MEMBER_FILE = "cluster.json"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # argv[1]: this launch's token (finds stragglers), argv[2]: the member file.
@@ -199,7 +199,7 @@ def on_each(hosts, work):
     return found
 
 
-def launch_command(launcher, flavor, hostfile, ranks, python, token, member_file, forward, as_root):
+def launch_command(launcher, flavor, hostfile, ranks, python, token, members_at, forward, as_root):
     """One rank per host: Open MPI ``--map-by node``, MPICH ``-ppn 1``; never a prompt (BatchMode)."""
     if flavor == "openmpi":
         argv = [launcher, "--hostfile", hostfile, "-n", str(ranks), "--map-by", "node",
@@ -213,7 +213,7 @@ def launch_command(launcher, flavor, hostfile, ranks, python, token, member_file
         argv = [launcher, "-f", hostfile, "-launcher", "ssh", "-n", str(ranks), "-ppn", "1"]
     else:
         raise ValueError("cannot launch with a launcher of unknown flavor (%s)" % launcher)
-    return argv + [python, "-c", RANK_SCRIPT, token, member_file]
+    return argv + [python, "-c", RANK_SCRIPT, token, members_at]
 
 
 def forwarded(env, env_file_vars, extra):
@@ -269,7 +269,7 @@ def stragglers(hosts, user, env, token, timeout, me=None):
 def own_name(hostfile):
     """This host's name in the hostfile: the member file beside it says, else gethostname."""
     try:
-        with open(os.path.join(os.path.dirname(hostfile), MEMBER_FILE)) as handle:
+        with open(member_file(hostfile)) as handle:
             name = json.load(handle).get("name")
         if name:
             return name
@@ -329,7 +329,7 @@ def run(params, base_env):
         out.update(stage="launcher", error=launcher.get("error") or "cannot tell the launcher's flavor")
         return out
     token = "lockstep-smoke-%s" % uuid.uuid4().hex[:16]
-    member_file = os.path.join(os.path.dirname(params["hostfile"]), MEMBER_FILE)
+    members_at = member_file(params["hostfile"])
     directory = None
     hostfile = params["hostfile"]
     if len(launch) != len(entries):
@@ -339,7 +339,7 @@ def run(params, base_env):
     if env_file:
         env_file_vars = set(read_env_file(env_file))
     env.update(root_env(launcher["flavor"], user.pw_uid))
-    argv = launch_command(launcher["path"], launcher["flavor"], hostfile, len(launch), python, token, member_file,
+    argv = launch_command(launcher["path"], launcher["flavor"], hostfile, len(launch), python, token, members_at,
                           forwarded(env, env_file_vars, params["environment"]), as_root)
     try:
         started = time.time()
@@ -348,7 +348,7 @@ def run(params, base_env):
     finally:
         if directory:
             shutil.rmtree(directory, ignore_errors=True)
-    out["command"] = argv[:-3] + ["<rank script>", token, member_file]
+    out["command"] = argv[:-3] + ["<rank script>", token, members_at]
     out["returncode"] = result.rc
     out["timed_out"] = result.timed_out
     out["token"] = token

@@ -2,8 +2,10 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a host has, collected in one module run: the probe's option spec and its raw facts.
 
-Stdlib only. The module returns these raw facts; the action plugin compares them with the
-lock on the controller, where ``packaging`` is available.
+Stdlib only. One section per question asked (``validate``: the venv, its files against the
+manifest, the venv's Python, its distributions, uv and the MPI stack); the module returns raw
+facts and the controller judges them (plugin_utils.validate), where ``packaging`` is available.
+Nothing here modifies the host.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,15 +20,11 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import v
 
 canonical = distributions.canonical_name
 
-# Shared by the module (host) and the action plugin (controller-side validation).
-ARGUMENT_SPEC = dict(
+# The audit's questions (the validate role's settings); the lock itself stays on the controller.
+VALIDATE_OPTIONS = dict(
     venv=dict(type="path", required=True),
-    lockfile=dict(type="path", required=True),
-    fail_on_drift=dict(type="bool", default=True),
     verify_files=dict(type="bool", default=True),
     verify_all_files=dict(type="bool", default=False),
-    ignore_packages=dict(type="list", elements="str", default=[]),
-    uv_version=dict(type="str"),
     uv_path=dict(type="path"),
     mpi=dict(type="bool", default=True),
     smoke_test=dict(type="bool", default=True),
@@ -36,6 +34,12 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=60),
     smoke_timeout=dict(type="int", default=120),
 )
+
+# Shared by the module (host) and the action plugin (which validates the task's arguments).
+ARGUMENT_SPEC = dict(
+    validate=dict(type="dict", options=VALIDATE_OPTIONS),
+)
+
 
 _UV_DIRS = ("/usr/local/bin", "/usr/bin", "~/.local/bin", "~/.cargo/bin")
 
@@ -144,3 +148,20 @@ def collect(params, base_env):
         raw_mpi = raw_mpi if py_facts else {"python_error": error}
         facts["mpi"] = mpi.mpi_facts(raw_mpi or {"error": error}, [venv_real], facts["distributions"], env, python, params)
     return facts
+
+
+def run(params, base_env):
+    """Every section that was asked for: ``{"validate": collect(...)}``. A section that cannot
+    be collected is reported with its ``error``; the others still are."""
+    out = {}
+    if params.get("validate"):
+        settings = params["validate"]
+        env_file = settings.get("env_file")
+        if env_file and not os.path.isfile(env_file):
+            out["validate"] = {"error": "env_file %s does not exist" % env_file}
+        else:
+            try:
+                out["validate"] = collect(settings, base_env)
+            except (IOError, OSError, RuntimeError, ValueError) as exc:
+                out["validate"] = {"error": "the probe failed: %s" % exc}
+    return out

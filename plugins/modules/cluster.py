@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Make the hosts of a play one MPI cluster reachable over SSH as a benchmark user (module_utils/cluster.py, controller half plugins/action/cluster.py)."""
+"""Make the hosts of a play one MPI cluster reachable over SSH as a benchmark user (module_utils/cluster.py; plugins/action/cluster.py)."""
 
 from __future__ import absolute_import, division, print_function
 

@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""One MPI launch across the cluster, as the benchmark user, judged per host (module_utils/cluster_smoke.py, controller half plugins/action/cluster_smoke.py)."""
+"""One MPI launch across the cluster, as the benchmark user (module_utils/cluster_smoke.py; plugins/action/cluster_smoke.py)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,11 +11,13 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: cluster_smoke
-short_description: One MPI launch across the cluster, as the benchmark user, judged per host
+short_description: One MPI launch across the cluster, as the benchmark user
 version_added: 0.2.0
 description:
-  - Run once, on one member (the launching host), after M(lockstep.cluster.probe) ran on
-    every member. Read-only on every host.
+  - Runs on every member after M(lockstep.cluster.probe) ran there; the action plugin elects the
+    launching host (the first checked member whose launcher is of the ABI family most members
+    have, the rule M(lockstep.cluster.validate) blames by) and launches from it only; the other
+    members skip without a host round trip. Read-only on every host.
   - First one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
     looks for the launcher's daemon there (C(orted)/C(prted) or C(hydra_pmi_proxy)). A host
     SSH cannot reach, that refuses the login, whose host key does not match or that lacks the
@@ -32,11 +34,12 @@ description:
   - On O(timeout) the launcher's process group gets SIGTERM (the launcher tears down its
     remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
     on any host are then found by the launch's token and killed by pid.
-  - The action plugin judges the launch on the controller against each host's own
-    M(lockstep.cluster.probe) result (O(result_var)) and names one cause per host - not
+  - M(lockstep.cluster.validate) judges the launch on the controller against each host's own
+    M(lockstep.cluster.probe) result (O(probe_var)) and names one cause per host - not
     reachable over SSH, host key mismatch, login refused, the venv's Python missing, mpi4py
     import error, launcher/flavor mismatch, environment on the rank differs from the host's
-    own report, rank missing, rank failed.
+    own report, rank missing, rank failed. For the hosts it covers, the launch is their smoke
+    test (one MPI launch per audit).
 author:
   - lockstep.cluster maintainers (@lockstep)
 extends_documentation_fragment:
@@ -58,13 +61,13 @@ options:
     type: list
     elements: str
     required: true
-  result_var:
+  probe_var:
     description:
       - Variable each member registered its M(lockstep.cluster.probe) result in. Members
-        without a result there (unreachable, failed) are not launched on.
-      - Empty to launch on every member without comparing the ranks with their hosts' reports.
+        without an audit there (unreachable, failed) are not launched on.
+      - Empty to launch from the first member on every member.
     type: str
-    default: _validate_result
+    default: _validate_probe
   venv:
     description: The venv whose C(bin/python) every rank runs (the same path on every host).
     type: path
@@ -108,47 +111,51 @@ options:
     type: list
     elements: str
 notes:
-  - Use with C(run_once) and C(delegate_to) a member whose own check succeeded.
+  - Run it on every member (no C(run_once)); only the elected host contacts anyone.
 seealso:
   - module: lockstep.cluster.cluster
   - module: lockstep.cluster.probe
 """
 
 EXAMPLES = r"""
-- name: Audit every host
+- name: Probe every host
   lockstep.cluster.probe:
-    venv: /opt/lockstep/venv
-    lockfile: lockfiles/smoke-cpu.txt
-    fail_on_drift: false
-  register: drift
+    validate:
+      venv: /opt/lockstep/venv
+      smoke_test: false
+  register: _validate_probe
 
 - name: One launch across every host as bench
   lockstep.cluster.cluster_smoke:
     members: "{{ ansible_play_hosts_all }}"
-    result_var: drift
     venv: /opt/lockstep/venv
-  run_once: true
-  register: cluster
+  register: _validate_cluster
 """
 
 RETURN = r"""
-passed:
-  description: Every member launched a rank that matched its own report and finished the collectives.
+launch_host:
+  description: The elected launching host (null when no member was checked).
   returned: always
-  type: bool
-verdict:
-  description:
-    - C(launch_host), C(passed), C(problems) (one line per failing host) and C(hosts) - per
-      member its C(status) (C(ok) or the cause), C(message), C(ranks) and C(timings)
-      (C(ssh_s), C(startup_s), C(init_s), C(collectives_s)).
+  type: str
+election:
+  description: C(host), C(family) (the ABI family most members' launchers have) and C(counts) per family.
   returned: always
   type: dict
+launched:
+  description: This host launched (the others skipped).
+  returned: on the launching host
+  type: bool
+members:
+  description: Per member C(host), C(name) (its hostfile name) and C(aliases).
+  returned: on the launching host
+  type: list
+  elements: dict
 smoke:
   description:
     - What the launching host saw - C(launcher), C(preflight) per host, C(launched_hosts),
       C(command), C(returncode), C(timed_out), C(seconds), C(ranks) (each rank's tagged
       reports), C(stderr_tail), C(stragglers) (pids killed after a failed launch), C(error).
-  returned: always
+  returned: on the launching host
   type: dict
 """
 

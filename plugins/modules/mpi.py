@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Install, select and describe one system MPI flavor in one host round trip (module_utils/mpi.py, controller half plugins/action/mpi.py)."""
+"""Install, select and describe one system MPI flavor in one host round trip (module_utils/mpi.py; plugins/action/mpi.py)."""
 
 from __future__ import absolute_import, division, print_function
 

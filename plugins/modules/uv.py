@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Install a pinned uv, verify it on every run, and link it into a bin directory (module_utils/uv.py, controller half plugins/action/uv.py)."""
+"""Install a pinned uv, verify it on every run, and link it into a bin directory (module_utils/uv.py; plugins/action/uv.py)."""
 
 from __future__ import absolute_import, division, print_function
 

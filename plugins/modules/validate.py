@@ -1,7 +1,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Write the cluster drift reports from every host's env_drift result (documentation only: plugins/action/validate.py does the work on the controller)."""
+"""Judge an audit and write its reports (documentation only: plugins/action/validate.py does the work)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -10,44 +10,82 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: validate
-short_description: Write the cluster drift reports from every host's env_drift result
+short_description: Judge every host of an audit against the lock and each other, write the reports, fail in one place
 version_added: 0.1.0
 description:
-  - Runs on the controller only (action plugin; nothing is executed on the hosts).
-  - Reads each host's registered M(lockstep.cluster.probe) result from C(hostvars) and
-    writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (one row per
-    host, cross-host consistency, unreachable hosts, findings) and C(junit.xml) (one testcase
-    per host and check), then points O(dest)/C(latest) at that directory.
-  - A host without a result (it left the play earlier) or with an unreachable or failed
-    result is reported as such, never dropped.
-  - Hosts are grouped by fingerprint; hosts outside the largest group are called out with
-    what differs from it.
+  - Runs on the controller only (action plugin; nothing is executed on the hosts), once per play (C(run_once)).
+  - "Reads each host's registered M(lockstep.cluster.probe) result and judges it against the lock
+    O(lockfile), parsed here with C(packaging): packages missing, extra or of another version
+    (PEP 440 equality, PEP 503 names, markers evaluated for the B(venv's) Python), files that
+    differ from the venv's manifest, GPU packages, the Python version against the lock's header,
+    uv against O(uv_version), mpi4py against the system MPI (a verdict of C(unknown) is a
+    failure with its reasons), and the smoke test: the host's own C(mpiexec -n 2) or, when the
+    cluster launch (M(lockstep.cluster.cluster_smoke), O(cluster_var)) covered the host, its rank
+    there (one MPI launch per audit)."
+  - "Then the hosts against each other, in one comparison: they must agree on the lock their
+    venv was built from, the venv path, Python, the installed packages, files that differ from
+    the manifest, the MPI library and launcher, mpi4py and its variant, and uv. A host that
+    disagrees is named with the field. The cluster launch names one cause per host."
+  - Writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (the causes first,
+    one row per host, the comparison, unreachable hosts, findings, the Cluster section),
+    C(junit.xml) (one testcase per host and check, a C(cluster) testsuite) and C(cluster.json),
+    then points O(dest)/C(latest) at that directory.
+  - A host without a probe (it left the play earlier) or whose probe failed is reported as such,
+    never dropped. A check that was asked for and could not run is a failure, never a skip.
+  - With O(fail_on_drift), the task fails after writing, and its message names every host that
+    is not ok with its cause.
 author:
   - lockstep.cluster maintainers (@lockstep)
+extends_documentation_fragment:
+  - lockstep.cluster.lockstep
+  - lockstep.cluster.lockstep.ACTION
+  - lockstep.cluster.lockstep.LOCKFILE
 attributes:
   check_mode:
     support: full
-    description: Reports are written in check mode too; the hosts are not touched.
+    details: Reports are written in check mode too; the hosts are not touched.
   diff_mode:
     support: none
-    description: No diff.
-  action:
-    support: full
-    description: Implemented by the action plugin.
   platform:
     support: full
     platforms: posix
-    description: Controller only.
+    details: Controller only.
 options:
   hosts:
     description: Every host of the play, usually C(ansible_play_hosts_all).
     type: list
     elements: str
     required: true
-  result_var:
-    description: Name of the variable each host registered the env_drift result in.
+  probe_var:
+    description: Name of the variable each host registered its M(lockstep.cluster.probe) result in.
     type: str
-    default: _validate_result
+    default: _validate_probe
+  cluster_var:
+    description:
+      - Name of the variable the M(lockstep.cluster.cluster_smoke) results were registered in (the
+        launching host's carries the launch; the others skipped).
+    type: str
+    default: _validate_cluster
+  cluster_smoke:
+    description:
+      - The cluster launch was asked for. With more than one host, a launch that did not happen
+        is a failure with its reason.
+    type: bool
+    default: true
+  smoke_test:
+    description: A smoke test was asked for (the host's own, or its rank in the cluster launch).
+    type: bool
+    default: true
+  ignore_packages:
+    description: Installed distributions never reported as extra (for example C(pip) in a seeded venv).
+    type: list
+    elements: str
+    default: []
+  uv_version:
+    description:
+      - The uv version the hosts must have. Not checked when omitted (the version is still
+        reported); a uv that is found but does not run is a failure either way.
+    type: str
   dest:
     description: Report directory on the controller (relative to the current directory).
     type: path
@@ -57,33 +95,31 @@ options:
     type: str
     required: true
   fail_on_drift:
-    description: Fail when a host drifted, was unreachable or its check failed, or the cluster check failed (after writing).
+    description:
+      - Fail, after writing the reports, when a host drifted, was unreachable or its probe failed,
+        or the hosts do not work as one cluster.
     type: bool
     default: false
-  cluster_var:
-    description:
-      - Name of the variable the M(lockstep.cluster.cluster_smoke) result was registered in
-        (with C(run_once), on every host). Its verdict goes into the Cluster section.
-      - Whether or not it ran, the hosts that were checked are compared (the cross-host gate).
-    type: str
-    default: _validate_cluster
 notes:
   - Use with C(run_once).
-  - "The Cluster section of C(summary.md) and the C(cluster) testsuite of C(junit.xml): the
-    gate (every host must agree on lock sha256, venv path, Python, MPI library, MPI launcher,
-    mpi4py and its variant, uv; a host that disagrees is named with the field) and the smoke
-    test (per host: status or cause, ranks, timings)."
 """
 
 EXAMPLES = r"""
-- name: Write the drift reports on the controller
+- name: Probe every host
+  lockstep.cluster.probe:
+    validate:
+      venv: /opt/lockstep/venv
+  register: _validate_probe
+
+- name: Judge the hosts and write the reports on the controller
   lockstep.cluster.validate:
     hosts: "{{ ansible_play_hosts_all }}"
-    result_var: drift
+    lockfile: lockfiles/smoke-cpu.txt
+    cluster_smoke: false
     dest: reports
     run_id: "{{ now(utc=true, fmt='%Y%m%dT%H%M%SZ') }}"
+    fail_on_drift: true
   run_once: true
-  register: report
 """
 
 RETURN = r"""
@@ -115,12 +151,26 @@ unreachable_hosts:
   returned: success
   type: list
   elements: str
-consistency:
-  description: C(consistent), C(groups) (fingerprint and hosts, largest first) and C(outliers) (host -> reference host and differences).
+gate:
+  description:
+    - The cross-host comparison. C(passed), C(reference) (field -> the most common value), C(values) (host -> field ->
+      value) and C(disagreements) (host -> list of C(field), C(value), C(reference)).
   returned: success
   type: dict
 cluster:
-  description: C(verdict) (C(pass) or C(fail)), C(failed_hosts) and C(problems) (one line per disagreeing field or failing host).
+  description: C(verdict) (C(pass) or C(fail)), C(failed_hosts) and C(problems).
   returned: success
   type: dict
+reports:
+  description:
+    - Per host its C(status), C(problems), C(counts), C(checks) (per check C(outcome) and C(message)) and
+      C(fingerprint); a host that could not be checked has C(status) and C(message). The whole facts are in
+      C(<host>.json).
+  returned: success
+  type: dict
+problems:
+  description: One line per host that is not ok, naming the host and the cause, then the cluster's findings.
+  returned: success
+  type: list
+  elements: str
 """

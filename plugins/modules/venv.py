@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Sync a venv to a hash-pinned lock with uv, behind an atomic symlink (module_utils/venv.py, controller half plugins/action/venv.py)."""
+"""Sync a venv to a hash-pinned lock with uv, behind an atomic symlink (module_utils/venv.py; plugins/action/venv.py)."""
 
 from __future__ import absolute_import, division, print_function
 

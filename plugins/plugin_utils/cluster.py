@@ -51,11 +51,21 @@ def host_keys(facts):
     return keys
 
 
+def address_and_aliases(name, hostvars):
+    """``(address, aliases)``: the name the hostfile gives a member (``cluster_address``, else its
+    inventory name) and every name or address known_hosts carries and a rank may report."""
+    address = str(hostvars.get("cluster_address") or name)
+    aliases = []
+    for token in (address, name, hostvars.get("ansible_host")):
+        if token and str(token) not in aliases:
+            aliases.append(str(token))
+    return address, aliases
+
+
 def member(name, hostvars, default_slots):
     """One member as the others see it: ``name`` (what the hostfile says and ssh dials),
     ``aliases`` (every name and address known_hosts carries), ``slots``, ``host_keys``, and
     ``facts`` (False when the host was never reached in this play)."""
-    address = str(hostvars.get("cluster_address") or name)
     slots = hostvars.get("cluster_slots_per_host", default_slots)
     try:
         slots = int(slots)
@@ -64,10 +74,7 @@ def member(name, hostvars, default_slots):
     if slots < 1:
         raise ClusterConfigError("%s: cluster_slots_per_host must be a positive integer (got %r)"
                                  % (name, hostvars.get("cluster_slots_per_host", default_slots)))
-    aliases = []
-    for token in (address, name, hostvars.get("ansible_host")):
-        if token and str(token) not in aliases:
-            aliases.append(str(token))
+    address, aliases = address_and_aliases(name, hostvars)
     for token in aliases:
         if not _HOST_TOKEN.match(token):
             raise ClusterConfigError("%s: %r cannot be a host name in a hostfile or known_hosts" % (name, token))

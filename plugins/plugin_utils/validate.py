@@ -165,12 +165,14 @@ def fingerprint(facts):
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True):
+def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=None):
     """The drift report of one host: ``status`` (``ok`` | ``drift``), per-check findings and
     outcomes, counts, ``problems`` (one line per finding) and the fingerprint.
 
     ``ok`` means every check that was expected to run ran and passed: a verdict of unknown,
-    or a smoke test that did not run although asked for, is drift with its reason.
+    or a smoke test that did not run although asked for, is drift with its reason. ``cluster``:
+    this host's entry in the cluster smoke verdict when that launch covered it (then it is the
+    host's smoke test: one launch per audit).
     """
     python = facts.get("python") or {}
     expected = expected_packages(lock, python.get("marker_environment"))
@@ -190,7 +192,7 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True):
     # The integrity check fails for those too (JUnit), the problems name them once, as packages.
     also = ["%d file(s) of the packages reported above differ from the manifest" % explained] if explained else []
     checks = check_outcomes(facts, drift, integrity_errors + also, uv_checked=bool(uv_version),
-                            mpi_expected="mpi4py" in expected, smoke_test=smoke_test)
+                            mpi_expected="mpi4py" in expected, smoke_test=smoke_test, cluster=cluster)
     problems = []
     if not facts["venv"]["exists"]:
         problems.append("venv %s does not exist" % facts["venv"]["path"])
@@ -239,9 +241,11 @@ def _file_reason(finding):
     return finding["reason"]
 
 
-def _mpi_checks(mpi, mpi_expected, smoke_test):
+def _mpi_checks(mpi, mpi_expected, smoke_test, cluster=None):
     """``(abi, smoke)`` outcomes with reasons. Skipped only when nobody asked: MPI disabled,
-    the smoke test disabled, or mpi4py neither locked for this host nor installed."""
+    the smoke test disabled, or mpi4py neither locked for this host nor installed. The smoke
+    test is the host's own ``mpiexec -n 2`` or, when the cluster smoke test covered the host,
+    its rank there (``cluster``: the host's entry in that verdict)."""
     if not mpi:
         return ({"outcome": "skip", "message": "mpi disabled"}, {"outcome": "skip", "message": "mpi disabled"})
     raw, launcher = mpi.get("raw") or {}, mpi.get("launcher") or {}
@@ -256,6 +260,10 @@ def _mpi_checks(mpi, mpi_expected, smoke_test):
         return _outcome(abi), {"outcome": "skip", "message": "smoke test disabled"}
     if smoke:
         smoke_fail = [] if smoke.get("passed") else list(smoke.get("reasons") or ["failed"])
+    elif cluster is not None:
+        smoke_fail = [] if cluster["status"] == "ok" else [
+            "not proven: the cluster launch was aborted (%s)" % cluster["message"] if cluster["status"] == ABORTED
+            else "cluster smoke test: %s: %s" % (cluster["status"], cluster["message"])]
     else:
         why = []
         if not raw.get("extension"):
@@ -270,7 +278,7 @@ def _outcome(failures):
     return {"outcome": "fail" if failures else "pass", "message": "; ".join(failures), "reasons": list(failures)}
 
 
-def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True, smoke_test=True):
+def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True, smoke_test=True, cluster=None):
     """Per check (CHECKS): ``{"outcome": pass|fail|skip, "message": …}`` for junit and tables.
     ``skip`` only for a check nobody asked for; one that could not run when asked is ``fail``."""
     integrity = facts.get("integrity") or {}
@@ -287,7 +295,7 @@ def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True
         if checked["outcome"] == "pass" and integrity.get("note"):
             checked["message"] = integrity["note"]
     uv_failures = drift["uv"]
-    abi, smoke = _mpi_checks(facts.get("mpi"), mpi_expected, smoke_test)
+    abi, smoke = _mpi_checks(facts.get("mpi"), mpi_expected, smoke_test, cluster)
     return {
         "packages": _outcome(packages),
         "integrity": checked,
@@ -306,7 +314,7 @@ CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host
 ABORTED = "aborted"
 # Faults that bring a whole launch down (a rank whose environment differs still runs).
 _ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "not_in_hostfile"])
-GATE_FIELDS = ("lock_sha256", "venv_path", "python", "mpi", "launcher", "mpi4py", "uv")
+GATE_FIELDS = ("lock_sha256", "venv_path", "python", "packages", "files", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
                        r"No \S+ host key is known|host key for \S+ has changed", re.I)
@@ -336,15 +344,31 @@ def ssh_cause(text):
     return None, None
 
 
+def _pins(result):
+    return tuple(sorted("%s==%s" % (canonicalize_name(d["name"]), d["version"]) for d in result.get("distributions") or []))
+
+
+def _changed_files(result):
+    """Paths that differ from the manifest (or RECORD), whoever owns them."""
+    tampered = ["%s:%s" % (t["name"], f["path"]) for t in (result.get("drift") or {}).get("tampered") or ()
+                for f in t["files"]]
+    return tuple(sorted(tampered + [f["path"] for f in (result.get("drift") or {}).get("files") or ()]))
+
+
 def _value(result, field):
     mpi = result.get("mpi") or {}
     library, launcher = mpi.get("library") or {}, mpi.get("launcher") or {}
-    if field == "lock_sha256":
-        return (result.get("lock") or {}).get("sha256")
+    if field == "lock_sha256":  # the lock the venv was built from (its store metadata), else the audited one
+        return ((result.get("venv") or {}).get("built_from") or {}).get("lock_sha256") \
+            or (result.get("lock") or {}).get("sha256")
     if field == "venv_path":
         return (result.get("venv") or {}).get("path")
     if field == "python":
         return (result.get("python") or {}).get("version")
+    if field == "packages":
+        return _pins(result)
+    if field == "files":
+        return _changed_files(result)
     if field == "mpi":
         return " ".join(p for p in (library.get("flavor"), library.get("version")) if p) or None
     if field == "launcher":
@@ -356,25 +380,73 @@ def _value(result, field):
     raise KeyError(field)
 
 
+def _shown_value(field, value, reference):
+    """A field's value as the reports show it; packages and files as what differs from the reference."""
+    if field == "packages":
+        mine, ref = dict(p.split("==", 1) for p in value), dict(p.split("==", 1) for p in reference or ())
+        diff = ["%s %s (the others %s)" % (n, mine.get(n, "absent"), ref.get(n, "absent"))
+                for n in sorted(set(mine) | set(ref)) if mine.get(n) != ref.get(n)]
+        return "; ".join(diff[:8]) + ("; %d more" % (len(diff) - 8) if len(diff) > 8 else "")
+    if field == "files":
+        extra = sorted(set(value) - set(reference or ()))
+        gone = sorted(set(reference or ()) - set(value))
+        parts = ["changed %s" % p for p in extra[:8]] + ["clean here, changed on the others: %s" % p for p in gone[:4]]
+        return "; ".join(parts) or "-"
+    return value
+
+
 def gate(hosts, results):
-    """The hosts must agree on GATE_FIELDS. Reference per field: the most common value (ties:
-    the first host's). Returns ``{"passed", "reference", "disagreements": {host: [{"field",
-    "value", "reference"}]}, "values"}``; hosts without a result are not compared here."""
+    """The one cross-host comparison: the checked hosts must agree on GATE_FIELDS (lock, venv
+    path, Python, the installed packages, files that differ from the manifest, the MPI library
+    and launcher, mpi4py, uv). Reference per field: the most common value (ties: the first
+    host's). Returns ``{"passed", "reference", "disagreements": {host: [{"field", "value",
+    "reference"}]}, "values"}`` (display strings); hosts without a result are not compared."""
     checked = [h for h in hosts if results.get(h)]
-    values = {h: {f: _value(results[h], f) for f in GATE_FIELDS} for h in checked}
+    raw = {h: {f: _value(results[h], f) for f in GATE_FIELDS} for h in checked}
     reference = {}
     for field in GATE_FIELDS:
-        counts = Counter(values[h][field] for h in checked)
+        counts = Counter(raw[h][field] for h in checked)
         if counts:
             top = max(counts.values())
-            reference[field] = next(values[h][field] for h in checked if counts[values[h][field]] == top)
+            reference[field] = next(raw[h][field] for h in checked if counts[raw[h][field]] == top)
     disagreements = {}
     for host in checked:
         for field in GATE_FIELDS:
-            if values[host][field] != reference.get(field):
+            if raw[host][field] != reference.get(field):
+                shown_ref = "%d package(s)" % len(reference[field]) if field == "packages" else \
+                    "%d changed file(s)" % len(reference[field]) if field == "files" else reference[field]
                 disagreements.setdefault(host, []).append(
-                    {"field": field, "value": values[host][field], "reference": reference[field]})
-    return {"passed": not disagreements, "reference": reference, "disagreements": disagreements, "values": values}
+                    {"field": field, "value": _shown_value(field, raw[host][field], reference[field]),
+                     "reference": shown_ref})
+    values = {h: {f: (len(v) if f in ("packages", "files") else v) for f, v in raw[h].items()} for h in checked}
+    shown = dict((f, len(v) if f in ("packages", "files") else v) for f, v in reference.items())
+    return {"passed": not disagreements, "reference": shown, "disagreements": disagreements, "values": values}
+
+
+def checked(result):
+    """A probe result the host really produced: reachable, not failed, its audit collected.
+    The one answer to "was this host checked" (smoke members, verdict, reports)."""
+    return bool(result) and not result.get("unreachable") and not result.get("failed") \
+        and isinstance(result.get("validate"), dict) and not result["validate"].get("error")
+
+
+def launcher_flavor(facts):
+    return (((facts or {}).get("mpi") or {}).get("launcher") or {}).get("flavor")
+
+
+def elect(hosts, facts):
+    """The host that launches the cluster smoke test: the first checked host whose launcher is
+    of the ABI family most hosts have (ties: the family of the first such host). Returns
+    ``{"host", "family", "counts"}``; the verdict blames a launching host of another family
+    with the same counts, so the host launched from and the host blamed never disagree."""
+    ordered = [(h, launcher_flavor(facts.get(h))) for h in hosts if facts.get(h) is not None]
+    counts = Counter(family(f) for dummy, f in ordered if f)
+    if not counts:
+        return {"host": ordered[0][0] if ordered else None, "family": None, "counts": {}}
+    top = max(counts.values())
+    majority = next(family(f) for dummy, f in ordered if f and counts[family(f)] == top)
+    host = next(h for h, f in ordered if f and family(f) == majority)
+    return {"host": host, "family": majority, "counts": dict(counts)}
 
 
 def packages_sha256(result):
@@ -500,18 +572,16 @@ def _timings(pre, ranks):
     return out
 
 
-def _launch_outlier(results, launcher, launch_host):
-    """When the launching host's launcher is of another flavor than most hosts', it is the one
-    to blame, not the ranks that loaded the others' MPI."""
-    flavors = Counter(f for f in (((results[h].get("mpi") or {}).get("launcher") or {}).get("flavor")
-                                  for h in results if results[h]) if f)
+def _launch_outlier(election, launcher, launch_host):
+    """When the launching host's launcher is of another family than the elected majority's,
+    it is the one to blame, not the ranks that loaded the others' MPI."""
     mine = launcher.get("flavor")
-    if not flavors or not mine:
+    majority = election.get("family")
+    if not majority or not mine or family(mine) == majority:
         return None
-    top, count = flavors.most_common(1)[0]
-    if family(top) != family(mine) and count > flavors.get(mine, 0):
+    if election["counts"].get(majority, 0) > election["counts"].get(family(mine), 0):
         return "the launcher on %s is %s while %d host(s) run %s launchers" % (
-            launch_host, _flavor_text(mine, launcher.get("version")), count, top)
+            launch_host, _flavor_text(mine, launcher.get("version")), election["counts"][majority], majority)
     return None
 
 
@@ -557,7 +627,7 @@ def smoke_verdict(members, results, smoke, launch_host):
     missing_in_file = set(smoke.get("not_in_hostfile") or [])
     attributed, strays = attribute(members, smoke.get("ranks") or [])
     named = launch_errors(smoke)
-    outlier = _launch_outlier(results, launcher, launch_host)
+    outlier = _launch_outlier(elect([m["host"] for m in members], results), launcher, launch_host)
     for m in members:
         host, name = m["host"], m["name"]
         ranks = attributed.get(host, [])
@@ -617,3 +687,96 @@ def smoke_verdict(members, results, smoke, launch_host):
         out["problems"].append("the launch failed: %s" % (smoke.get("error") or "exit %s" % smoke.get("returncode")))
     out["passed"] = clean and not strays and smoke.get("returncode") == 0 and not smoke.get("error")
     return out
+
+
+def host_status(probe, report):
+    """``(status, message)`` of one host: ``ok``/``drift`` from its report, ``unreachable`` when
+    the controller never reached it, ``error`` when its probe failed (with why)."""
+    if probe is None:
+        return "unreachable", "host left the play before the check (unreachable or failed earlier)"
+    if probe.get("unreachable"):
+        return "unreachable", probe.get("msg", "unreachable")
+    if report is not None:
+        return report["status"], None
+    section = probe.get("validate") if isinstance(probe.get("validate"), dict) else {}
+    return "error", section.get("error") or probe.get("msg") or "the probe returned no audit"
+
+
+def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, ignore=(), uv_version=None,
+          smoke_test=True):
+    """The whole verdict of an audit, computed in one place.
+
+    ``probes``: host -> the registered probe result (None when the host left the play);
+    ``launches``: the registered cluster_smoke results (the launching host's carries the launch,
+    the others skipped); ``cluster_smoke``: the launch was asked for. Per host its report (the
+    probe's facts, judged against the lock; the cluster launch is its smoke test when it covered
+    the host), its status and the one cross-host comparison; then the cluster verdict. A launch
+    that was asked for across several hosts and did not happen fails the cluster, with why.
+    Returns everything the reports and the task result show."""
+    facts = dict((h, probes[h]["validate"] if checked(probes.get(h)) else None) for h in hosts)
+    launch = next((r for r in launches if r and r.get("launched")), None)
+    smoke_part = smoke_verdict(launch["members"], facts, launch.get("smoke"), launch["launch_host"]) if launch else None
+    reports = {}
+    for host in hosts:
+        if facts[host] is None:
+            reports[host] = None
+            continue
+        entry = (smoke_part or {}).get("hosts", {}).get(host)
+        report = dict(facts[host])
+        report.update(evaluate(lock, facts[host], ignore, uv_version, smoke_test, cluster=entry))
+        report["lock"] = lock_info
+        reports[host] = report
+    statuses = dict((h, host_status(probes.get(h), reports[h])) for h in hosts)
+    the_gate = gate(hosts, reports)
+    failed = set(the_gate["disagreements"])
+    if smoke_part:
+        failed |= set(h for h, e in smoke_part["hosts"].items() if e["status"] not in ("ok", ABORTED))
+    cluster_passed = the_gate["passed"] and (smoke_part is None or smoke_part["passed"])
+    smoke_missing = None
+    if cluster_smoke and launch is None and len(hosts) > 1:
+        # Asked for and not launched: a failure with its reason, never a pass.
+        smoke_missing = "not run: %s" % (next((r.get("msg") for r in launches if r and r.get("msg")), None)
+                                         or "no host launched it")
+        cluster_passed = False
+    drifted = [h for h in hosts if statuses[h][0] == "drift"]
+    unreachable = [h for h in hosts if statuses[h][0] in ("unreachable", "error")]
+    return {
+        "hosts": list(hosts),
+        "lock": lock_info,
+        "reports": reports,
+        "statuses": statuses,
+        "drifted": drifted,
+        "unreachable": unreachable,
+        "gate": the_gate,
+        "election": launch.get("election") if launch else None,
+        "smoke": smoke_part,
+        "smoke_raw": launch.get("smoke") if launch else None,
+        "smoke_missing": smoke_missing,
+        "cluster": {"verdict": "pass" if cluster_passed else "fail",
+                    "failed_hosts": [h for h in hosts if h in failed]},
+        "failed": bool(drifted or unreachable or not cluster_passed),
+        "problems": problem_lines(hosts, statuses, reports, the_gate, smoke_part)
+        + (["cluster smoke test %s" % smoke_missing] if smoke_missing else []),
+    }
+
+
+def problem_lines(hosts, statuses, reports, the_gate, smoke_part):
+    """One line per host that is not ok, naming the host and the cause (what the play's failure
+    message and the summary's first lines say), then the cluster's own findings."""
+    lines = []
+    for host in hosts:
+        status, message = statuses[host]
+        if status in ("unreachable", "error"):
+            lines.append("%s: %s: %s" % (host, status, message))
+        elif status == "drift":
+            found = reports[host]["problems"]
+            more = "; %d more" % (len(found) - 3) if len(found) > 3 else ""
+            lines.append("%s: drift: %s%s" % (host, "; ".join(found[:3]), more))
+    for host in hosts:
+        for d in the_gate["disagreements"].get(host, []):
+            if d["field"] in ("packages", "files"):
+                lines.append("%s: %s differ from the other hosts: %s" % (host, d["field"], d["value"]))
+            else:
+                lines.append("%s: %s is %s, the other hosts %s" % (host, d["field"], d["value"], d["reference"]))
+    lines += list((smoke_part or {}).get("problems") or [])
+    return lines

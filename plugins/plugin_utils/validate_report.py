@@ -1,9 +1,10 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The audit's reports on the controller: ``reports/<run-id>/<host>.json``, ``summary.md`` (one
-row per host, cross-host consistency, unreachable hosts, and the Cluster section: smoke test
-and gate) and ``junit.xml`` (one testcase per host and check, and a ``cluster`` testsuite).
-"""
+"""The audit's reports on the controller, rendered from the one verdict (plugin_utils.validate):
+``reports/<run-id>/<host>.json``, ``summary.md`` (what failed and why, one row per host, the
+cross-host comparison, unreachable hosts, findings, and the Cluster section) and ``junit.xml``
+(one testcase per host and check, and a ``cluster`` testsuite), ``cluster.json`` (every rank's
+report) and ``reports/latest``."""
 
 from __future__ import annotations
 
@@ -12,101 +13,33 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import canonicalize_name
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import CHECKS, gate, GATE_FIELDS
-
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import CHECKS, GATE_FIELDS
 
 STATUSES = ("ok", "drift", "error", "unreachable")
 COLUMNS = ("host", "status", "missing", "extra", "mismatched", "tampered", "gpu", "mpi", "abi", "smoke", "fingerprint")
+FIELD_NAMES = {"lock_sha256": "lock sha256", "venv_path": "venv path", "python": "Python", "packages": "packages",
+               "files": "changed files", "mpi": "MPI library", "launcher": "MPI launcher",
+               "mpi4py": "mpi4py (variant)", "uv": "uv"}
 
 
-def host_status(result):
-    """Normalize what a host left behind: an env_drift result, a failed or unreachable task
-    result, or nothing (the host left the play before the check ran)."""
-    if result is None:
-        return "unreachable", "host left the play before the check (unreachable or failed earlier)"
-    if result.get("unreachable"):
-        return "unreachable", result.get("msg", "unreachable")
-    if result.get("status") in ("ok", "drift"):
-        return result["status"], None
-    return "error", result.get("msg", "env_drift returned no status")
-
-
-def row(host, result):
+def row(host, verdict):
     """One summary row as a dict keyed by COLUMNS."""
-    status, message = host_status(result)
+    status, message = verdict["statuses"][host]
+    result = verdict["reports"].get(host) or {}
     entry = {"host": host, "status": status, "message": message}
-    counts = (result or {}).get("counts") or {}
+    counts = result.get("counts") or {}
     for key in ("missing", "extra", "mismatched", "tampered", "gpu"):
         entry[key] = counts.get(key, "")
-    mpi = (result or {}).get("mpi") or {}
+    mpi = result.get("mpi") or {}
     library = mpi.get("library") or {}
     entry["mpi"] = " ".join(p for p in (library.get("flavor"), library.get("version")) if p) or "-"
     entry["abi"] = mpi.get("verdict", "-")
-    smoke = mpi.get("smoke")
-    entry["smoke"] = "-" if not smoke else ("pass" if smoke.get("passed") else "fail")
-    entry["fingerprint"] = ((result or {}).get("fingerprint") or "")[:12] or "-"
-    if status == "error":
+    smoke = (result.get("checks") or {}).get("mpi_smoke") or {}
+    entry["smoke"] = {"pass": "pass", "fail": "fail"}.get(smoke.get("outcome"), "-")
+    entry["fingerprint"] = (result.get("fingerprint") or "")[:12] or "-"
+    if status in ("error", "unreachable"):
         entry["abi"] = entry["smoke"] = entry["mpi"] = "-"
     return entry
-
-
-def consistency(results):
-    """Group reachable hosts by fingerprint. Returns ``{"consistent", "groups", "outliers"}``:
-    groups largest first, and for each host outside the largest group what differs from it."""
-    groups = {}
-    for host in sorted(results):
-        result = results[host]
-        if result and result.get("fingerprint"):
-            groups.setdefault(result["fingerprint"], []).append(host)
-    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
-    outliers = {}
-    if len(ordered) > 1:
-        reference = ordered[0][1][0]
-        for dummy, hosts in ordered[1:]:
-            for host in hosts:
-                outliers[host] = {"reference": reference, "differences": differences(results[reference], results[host])}
-    return {
-        "consistent": len(ordered) <= 1,
-        "groups": [{"fingerprint": fp, "hosts": hosts} for fp, hosts in ordered],
-        "outliers": outliers,
-    }
-
-
-def _packages(result):
-    return {canonicalize_name(d["name"]): d["version"] for d in result.get("distributions") or []}
-
-
-def _mpi_summary(result):
-    mpi = result.get("mpi") or {}
-    library, launcher = mpi.get("library") or {}, mpi.get("launcher") or {}
-    return {
-        "mpi4py": mpi.get("mpi4py_version"),
-        "library": " ".join(p for p in (library.get("flavor"), library.get("version"), library.get("variant")) if p),
-        "libmpi": library.get("libmpi_realpath"),
-        "launcher": " ".join(p for p in (launcher.get("flavor"), launcher.get("version")) if p),
-    }
-
-
-def differences(reference, other):
-    """Human-readable differences between two hosts' facts (packages, Python, MPI, files)."""
-    out = []
-    ref_python = ((reference.get("python") or {}).get("marker_environment") or {}).get("python_full_version")
-    other_python = ((other.get("python") or {}).get("marker_environment") or {}).get("python_full_version")
-    if ref_python != other_python:
-        out.append("python %s vs %s" % (other_python, ref_python))
-    ref_pkgs, other_pkgs = _packages(reference), _packages(other)
-    for name in sorted(set(ref_pkgs) | set(other_pkgs)):
-        if ref_pkgs.get(name) != other_pkgs.get(name):
-            out.append("%s %s vs %s" % (name, other_pkgs.get(name, "absent"), ref_pkgs.get(name, "absent")))
-    ref_mpi, other_mpi = _mpi_summary(reference), _mpi_summary(other)
-    for key in sorted(ref_mpi):
-        if ref_mpi[key] != other_mpi[key]:
-            out.append("%s %s vs %s" % (key, other_mpi[key] or "none", ref_mpi[key] or "none"))
-    tampered = (other.get("counts") or {}).get("tampered")
-    if tampered:
-        out.append("%s tampered file(s)" % tampered)
-    return out or ["tampered files differ"]
 
 
 def text_table(rows):
@@ -117,29 +50,35 @@ def text_table(rows):
     return [line.rstrip() for line in lines]
 
 
-def summary_markdown(run_id, lock, rows, results, cons):
+def _cell(value):
+    return "-" if value is None or value == "" else str(value)
+
+
+def gate_lines(verdict):
+    the_gate = verdict["gate"]
+    if the_gate["passed"]:
+        return ["All checked hosts agree." if the_gate["values"] else "No host was checked."]
+    return ["- **%s** %s: `%s`, the others `%s`" % (host, FIELD_NAMES[d["field"]], _cell(d["value"]), _cell(d["reference"]))
+            for host in verdict["hosts"] for d in the_gate["disagreements"].get(host, [])]
+
+
+def summary_markdown(run_id, verdict, rows):
+    lock = verdict["lock"]
     out = ["# Drift report %s" % run_id, ""]
     if lock:
-        out.append("Lock: `%s` (sha256 `%s`)" % (lock.get("path"), (lock.get("sha256") or "")[:16]))
-        out.append("")
+        out += ["Lock: `%s` (sha256 `%s`)" % (lock.get("path"), (lock.get("sha256") or "")[:16]), ""]
     totals = dict((s, sum(1 for r in rows if r["status"] == s)) for s in STATUSES)
-    out.append("Hosts: %d — " % len(rows) + ", ".join("%s %d" % (s, totals[s]) for s in STATUSES))
+    out.append("Hosts: %d — " % len(rows) + ", ".join("%s %d" % (s, totals[s]) for s in STATUSES)
+               + "; cluster: %s" % verdict["cluster"]["verdict"])
+    if verdict["problems"]:  # the causes first: what a person must act on
+        out += [""] + ["- %s" % line for line in verdict["problems"]]
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = [("`%s`" % r[c]) if c == "fingerprint" and r[c] != "-" else str(r[c]) for c in COLUMNS]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", "## Cross-host consistency", ""]
-    if cons["consistent"]:
-        out.append("All reachable hosts share one fingerprint." if cons["groups"] else "No host was checked.")
-    else:
-        out.append("Hosts differ: %d fingerprints." % len(cons["groups"]))
-        out.append("")
-        for group in cons["groups"]:
-            out.append("- `%s`: %s" % (group["fingerprint"][:12], ", ".join(group["hosts"])))
-        out.append("")
-        for host in sorted(cons["outliers"]):
-            outlier = cons["outliers"][host]
-            out.append("- **%s** differs from %s: %s" % (host, outlier["reference"], "; ".join(outlier["differences"])))
+    out += ["", "## Cross-host consistency", "",
+            "The hosts must agree on: %s." % ", ".join(FIELD_NAMES[f] for f in GATE_FIELDS), ""]
+    out += gate_lines(verdict)
     unreachable = [r for r in rows if r["status"] in ("unreachable", "error")]
     out += ["", "## Unreachable or failed hosts", ""]
     out += ["- %s (%s): %s" % (r["host"], r["status"], r["message"]) for r in unreachable] or ["None."]
@@ -147,181 +86,31 @@ def summary_markdown(run_id, lock, rows, results, cons):
     if drifted:
         out += ["", "## Findings", ""]
         for r in drifted:
-            out.append("### %s" % r["host"])
+            out += ["### %s" % r["host"], ""]
+            out += ["- %s" % p for p in verdict["reports"][r["host"]].get("problems") or []]
             out.append("")
-            out += ["- %s" % p for p in results[r["host"]].get("problems") or []]
-            out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    return "\n".join(out).rstrip() + "\n" + cluster_markdown(verdict)
 
 
-def junit_xml(run_id, rows, results, cons, extra_suites=()):
-    """One testcase per host and check: ``reachable``, each of drift.CHECKS, ``consistency``;
-    then ``extra_suites`` (the ``cluster`` testsuite)."""
-    suite = ET.Element("testsuite", name="lockstep.env_drift", id=run_id)
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-
-    def case(host, name, kind=None, message=""):
-        element = ET.SubElement(suite, "testcase", classname=host, name=name)
-        counts["tests"] += 1
-        if kind:
-            counts[{"failure": "failures", "error": "errors", "skipped": "skipped"}[kind]] += 1
-            ET.SubElement(element, kind, message=message[:1024]).text = message
-
-    for r in rows:
-        host = r["host"]
-        if r["status"] in ("unreachable", "error"):
-            case(host, "reachable", "error", r["message"] or r["status"])
-            for check in CHECKS + ("consistency",):
-                # Expected to run and could not: a failure, never a skip.
-                case(host, check, "failure", "not checked: host %s" % r["status"])
-            continue
-        case(host, "reachable")
-        checks = results[host].get("checks") or {}
-        for check in CHECKS:
-            outcome = checks.get(check, {"outcome": "skip", "message": "not reported"})
-            kind = {"pass": None, "fail": "failure", "skip": "skipped"}[outcome["outcome"]]
-            case(host, check, kind, outcome.get("message", ""))
-        outlier = cons["outliers"].get(host)
-        if outlier:
-            case(host, "consistency", "failure",
-                 "differs from %s: %s" % (outlier["reference"], "; ".join(outlier["differences"])))
-        else:
-            case(host, "consistency")
-    for key, value in counts.items():
-        suite.set(key, str(value))
-    root = ET.Element("testsuites", name="lockstep drift %s" % run_id)
-    root.append(suite)
-    for extra in extra_suites:
-        root.append(extra)
-    if hasattr(ET, "indent"):  # Python >= 3.9: readable by people too
-        ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def safe_name(host):
-    """A host name as a file name (inventory names may hold '/' or ':')."""
-    return re.sub(r"[^A-Za-z0-9._@-]+", "_", host)
-
-
-def build(run_id, hosts, results, lock=None, cluster=None):
-    """Everything the reports hold, without touching the disk.
-
-    ``hosts``: every host of the play, ``results``: host -> env_drift result (or None),
-    ``cluster``: the registered cluster_smoke result (None when it did not run).
-    """
-    results = dict((h, results.get(h)) for h in hosts)
-    rows = [row(host, results[host]) for host in hosts]
-    reachable = dict((h, r) for h, r in results.items() if host_status(r)[0] in ("ok", "drift"))
-    cons = consistency(reachable)
-    statuses = dict((r["host"], r["status"]) for r in rows)
-    cluster_part = cluster_build(hosts, results, cluster)
-    return {
-        "rows": rows,
-        "table": text_table(rows),
-        "summary_md": summary_markdown(run_id, lock, rows, results, cons) + cluster_markdown(cluster_part),
-        "junit_xml": junit_xml(run_id, rows, results, cons, [cluster_junit_suite(run_id, cluster_part)]),
-        "cluster": cluster_part,
-        "consistency": cons,
-        "statuses": statuses,
-        "drifted": sorted(h for h, s in statuses.items() if s == "drift"),
-        "unreachable": sorted(h for h, s in statuses.items() if s in ("unreachable", "error")),
-    }
-
-
-def write(directory, run_id, hosts, results, lock=None, cluster=None):
-    """Write the reports under ``directory/run_id``; returns build() plus the file paths."""
-    report = build(run_id, hosts, results, lock, cluster)
-    target = os.path.join(directory, safe_name(run_id))
-    if not os.path.isdir(target):
-        os.makedirs(target)
-    files = []
-    for host in hosts:
-        path = os.path.join(target, safe_name(host) + ".json")
-        status, message = host_status(results.get(host))
-        payload = dict(results.get(host) or {}, host=host, status=status)
-        if message:
-            payload["message"] = message
-        with open(path, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        files.append(path)
-    for name, key in (("summary.md", "summary_md"), ("junit.xml", "junit_xml")):
-        path = os.path.join(target, name)
-        with open(path, "w") as handle:
-            handle.write(report[key])
-        files.append(path)
-    if cluster is not None:  # what the launching host saw, when the cluster smoke test ran
-        files.append(write_cluster_json(target, report["cluster"], cluster))
-    # reports/latest -> the newest run, for people and CI steps that do not know the run id.
-    latest = os.path.join(directory, "latest")
-    if os.path.islink(latest) or not os.path.exists(latest):
-        tmp_link = latest + ".tmp"
-        if os.path.islink(tmp_link):
-            os.unlink(tmp_link)
-        os.symlink(os.path.basename(target), tmp_link)
-        os.rename(tmp_link, latest)
-    report["directory"] = target
-    report["files"] = files
-    return report
-
-
-FIELD_NAMES = {"lock_sha256": "lock sha256", "venv_path": "venv path", "python": "Python", "mpi": "MPI library",
-               "launcher": "MPI launcher", "mpi4py": "mpi4py (variant)", "uv": "uv"}
-
-
-def cluster_build(hosts, results, smoke=None):
-    """``{"verdict": pass|fail, "gate", "smoke" (the cluster_smoke verdict or None), "failed_hosts"}``.
-
-    ``results``: host -> env_drift result of the hosts that were checked (others are absent or
-    None); ``smoke``: the registered cluster_smoke result (None, or skipped: not run).
-    """
-    checked = dict((h, r) for h, r in results.items() if r and r.get("status") in ("ok", "drift"))
-    the_gate = gate([h for h in hosts if h in checked], checked)
-    verdict = None
-    if smoke and not smoke.get("skipped") and smoke.get("verdict"):
-        verdict = smoke["verdict"]
-    failed = set(the_gate["disagreements"])
-    if verdict:
-        failed |= set(h for h, e in verdict["hosts"].items() if e["status"] not in ("ok", "aborted"))
-    passed = the_gate["passed"] and (verdict is None or verdict["passed"])
-    return {
-        "verdict": "pass" if passed else "fail",
-        "hosts": list(hosts),
-        "gate": the_gate,
-        "smoke": verdict,
-        "smoke_detail": _detail(smoke) if verdict else None,
-        "failed_hosts": [h for h in hosts if h in failed],
-    }
-
-
-def _detail(smoke):
-    raw = smoke.get("smoke") or {}
-    launcher = raw.get("launcher") or {}
-    return {"launcher": " ".join(p for p in (launcher.get("flavor"), launcher.get("version")) if p) or "-",
-            "seconds": raw.get("seconds"), "expected_ranks": raw.get("expected_ranks"),
-            "timed_out": raw.get("timed_out"), "returncode": raw.get("returncode"), "user": raw.get("user")}
-
-
-def _cell(value):
-    return "-" if value is None or value == "" else str(value)
-
-
-def cluster_markdown(cluster):
+def cluster_markdown(verdict):
     out = ["", "## Cluster", ""]
-    smoke, detail, the_gate = cluster["smoke"], cluster["smoke_detail"], cluster["gate"]
+    smoke, raw = verdict["smoke"], verdict["smoke_raw"] or {}
     if smoke:
+        launcher = raw.get("launcher") or {}
         ranks = sum(len(e["ranks"]) for e in smoke["hosts"].values())
         smoke_text = "%s — %d rank(s) on %d host(s), launched from %s as %s with %s in %s s" % (
             "pass" if smoke["passed"] else "FAIL", ranks, len(smoke["hosts"]), smoke["launch_host"],
-            _cell(detail["user"]), detail["launcher"], _cell(detail["seconds"]))
+            _cell(raw.get("user")), " ".join(p for p in (launcher.get("flavor"), launcher.get("version")) if p) or "-",
+            _cell(raw.get("seconds")))
     else:
-        smoke_text = "not run"
-    out.append("Verdict: **%s** (%d host(s)). Smoke: %s. Gate: %s." % (
-        cluster["verdict"], len(cluster["hosts"]), smoke_text,
-        "hosts agree" if the_gate["passed"] else "%d host(s) disagree" % len(the_gate["disagreements"])))
+        smoke_text = verdict.get("smoke_missing") or "not run"
+    the_gate = verdict["gate"]
+    out.append("Verdict: **%s** (%d host(s)). Smoke: %s. Hosts %s." % (
+        verdict["cluster"]["verdict"], len(verdict["hosts"]), smoke_text,
+        "agree" if the_gate["passed"] else "disagree: %d host(s)" % len(the_gate["disagreements"])))
     if smoke:
         out += ["", "| host | smoke | ranks | ssh s | startup s | MPI_Init s | collectives s | cause |", "|" + "---|" * 8]
-        for host in cluster["hosts"]:
+        for host in verdict["hosts"]:
             entry = smoke["hosts"].get(host)
             if not entry:
                 continue
@@ -333,58 +122,119 @@ def cluster_markdown(cluster):
                 (entry["message"] or "").replace("|", "/") or "-"))
         extra = [p for p in smoke["problems"] if not any(p.startswith(h + ": ") for h in smoke["hosts"])]
         if extra:
-            out.append("")
-            out += ["- %s" % p for p in extra]
-    out += ["", "Gate (%s):" % ", ".join(FIELD_NAMES[f] for f in GATE_FIELDS), ""]
-    if the_gate["passed"]:
-        out.append("All checked hosts agree." if the_gate["values"] else "No host was checked.")
-    else:
-        for host in cluster["hosts"]:
-            for d in the_gate["disagreements"].get(host, []):
-                out.append("- **%s** %s: `%s`, the others `%s`" % (
-                    host, FIELD_NAMES[d["field"]], _cell(d["value"]), _cell(d["reference"])))
+            out += [""] + ["- %s" % p for p in extra]
     return "\n".join(out) + "\n"
 
 
-def cluster_junit_suite(run_id, cluster):
-    """Testsuite ``cluster``: per host ``gate`` and ``smoke``."""
-    suite = ET.Element("testsuite", name="cluster", id=run_id)
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+def junit_xml(run_id, verdict, rows):
+    """Testsuite ``lockstep.validate``: per host ``reachable``, each of CHECKS and
+    ``consistency`` (the cross-host comparison); testsuite ``cluster``: per host ``smoke``."""
+    root = ET.Element("testsuites", name="lockstep drift %s" % run_id)
+    suite = ET.SubElement(root, "testsuite", name="lockstep.validate", id=run_id)
+    cluster = ET.SubElement(root, "testsuite", name="cluster", id=run_id)
+    counts = {}
 
-    def case(host, name, kind=None, message=""):
-        element = ET.SubElement(suite, "testcase", classname=host, name=name)
-        counts["tests"] += 1
+    def case(parent, host, name, kind=None, message=""):
+        element = ET.SubElement(parent, "testcase", classname=host, name=name)
+        tally = counts.setdefault(id(parent), {"tests": 0, "failures": 0, "errors": 0, "skipped": 0})
+        tally["tests"] += 1
         if kind:
-            counts[{"failure": "failures", "skipped": "skipped"}[kind]] += 1
+            tally[{"failure": "failures", "error": "errors", "skipped": "skipped"}[kind]] += 1
             ET.SubElement(element, kind, message=message[:1024]).text = message
 
-    smoke, the_gate = cluster["smoke"], cluster["gate"]
-    for host in cluster["hosts"]:
-        if host not in the_gate["values"]:
-            case(host, "gate", "failure", "not checked: the host's own check did not run")
-        elif host in the_gate["disagreements"]:
-            case(host, "gate", "failure", "; ".join("%s %s vs %s" % (FIELD_NAMES[d["field"]], d["value"], d["reference"])
-                                                    for d in the_gate["disagreements"][host]))
+    the_gate, smoke = verdict["gate"], verdict["smoke"]
+    for r in rows:
+        host = r["host"]
+        if r["status"] in ("unreachable", "error"):
+            case(suite, host, "reachable", "error", r["message"] or r["status"])
+            for check in CHECKS + ("consistency",):
+                # Expected to run and could not: a failure, never a skip.
+                case(suite, host, check, "failure", "not checked: host %s" % r["status"])
         else:
-            case(host, "gate")
+            case(suite, host, "reachable")
+            checks = verdict["reports"][host].get("checks") or {}
+            for check in CHECKS:
+                outcome = checks.get(check, {"outcome": "skip", "message": "not reported"})
+                kind = {"pass": None, "fail": "failure", "skip": "skipped"}[outcome["outcome"]]
+                case(suite, host, check, kind, outcome.get("message", ""))
+            found = the_gate["disagreements"].get(host)
+            case(suite, host, "consistency", "failure" if found else None, "; ".join(
+                "%s %s vs %s" % (FIELD_NAMES[d["field"]], d["value"], d["reference"]) for d in found or ()))
         entry = (smoke or {}).get("hosts", {}).get(host)
         if smoke is None:
-            case(host, "smoke", "skipped", "cluster smoke test not run")
+            missing = verdict.get("smoke_missing")
+            case(cluster, host, "smoke", "failure" if missing else "skipped", missing or "cluster smoke test not asked for")
         elif entry is None or entry["status"] != "ok":
-            case(host, "smoke", "failure", "%s: %s" % ((entry or {}).get("status", "missing"),
-                                                       (entry or {}).get("message", "no verdict")))
+            case(cluster, host, "smoke", "failure", "%s: %s" % ((entry or {}).get("status", "missing"),
+                                                                (entry or {}).get("message", "no verdict")))
         else:
-            case(host, "smoke")
-    for key, value in counts.items():
-        suite.set(key, str(value))
-    return suite
+            case(cluster, host, "smoke")
+    for element in (suite, cluster):
+        for key, value in counts.get(id(element), {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}).items():
+            element.set(key, str(value))
+    if hasattr(ET, "indent"):  # Python >= 3.9: readable by people too
+        ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_cluster_json(directory, cluster, smoke):
-    """``cluster.json``: the verdict, the gate and what the launching host saw (every rank's report)."""
-    path = os.path.join(directory, "cluster.json")
-    payload = dict(cluster, launch=(smoke or {}).get("smoke"))
+def safe_name(host):
+    """A host name as a file name (inventory names may hold '/' or ':')."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", host)
+
+
+def build(run_id, verdict):
+    """Everything the reports hold, without touching the disk."""
+    rows = [row(host, verdict) for host in verdict["hosts"]]
+    return {
+        "rows": rows,
+        "table": text_table(rows),
+        "summary_md": summary_markdown(run_id, verdict, rows),
+        "junit_xml": junit_xml(run_id, verdict, rows),
+    }
+
+
+def cluster_json(verdict):
+    """``cluster.json``: the cluster verdict, the comparison, the election and what the
+    launching host saw (every rank's report)."""
+    return {"verdict": verdict["cluster"]["verdict"], "failed_hosts": verdict["cluster"]["failed_hosts"],
+            "hosts": verdict["hosts"], "gate": verdict["gate"], "smoke": verdict["smoke"],
+            "election": verdict["election"], "launch": verdict["smoke_raw"], "problems": verdict["problems"]}
+
+
+def _dump(path, payload):
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
     return path
+
+
+def write(directory, run_id, verdict):
+    """Write the reports under ``directory/run_id``; returns build() plus the file paths."""
+    report = build(run_id, verdict)
+    target = os.path.join(directory, safe_name(run_id))
+    if not os.path.isdir(target):
+        os.makedirs(target)
+    files = []
+    for host in verdict["hosts"]:
+        status, message = verdict["statuses"][host]
+        payload = dict(verdict["reports"].get(host) or {}, host=host, status=status)
+        if message:
+            payload["message"] = message
+        files.append(_dump(os.path.join(target, safe_name(host) + ".json"), payload))
+    for name, key in (("summary.md", "summary_md"), ("junit.xml", "junit_xml")):
+        path = os.path.join(target, name)
+        with open(path, "w") as handle:
+            handle.write(report[key])
+        files.append(path)
+    files.append(_dump(os.path.join(target, "cluster.json"), cluster_json(verdict)))
+    # reports/latest -> the newest run, for people and CI steps that do not know the run id.
+    latest = os.path.join(directory, "latest")
+    if os.path.islink(latest) or not os.path.exists(latest):
+        tmp_link = latest + ".tmp"
+        if os.path.islink(tmp_link):
+            os.unlink(tmp_link)
+        os.symlink(os.path.basename(target), tmp_link)
+        os.rename(tmp_link, latest)
+    report["directory"] = target
+    report["files"] = files
+    return report

@@ -429,10 +429,10 @@ class Airgap(object):
             state = plan["wheelhouse"]
             tags = host_tags(state["platform"])
             pylock = source_pylock(self.lock, self.cache, find_uv(), self.args["wheelhouse_find_links"],
-                                              self.args["index_url"], self.args["extra_index_urls"])
+                                   self.args["index_url"], self.args["extra_index_urls"])
             self._tags = tags
             self._files = select_files(pylock, self.lock, plan["python"]["marker_environment"], tags,
-                                                  prefer_sdist=[BUILT] if self.source else ())
+                                       prefer_sdist=[BUILT] if self.source else ())
         return self._files
 
     def _have_built(self, plan):
@@ -533,7 +533,7 @@ class Airgap(object):
             if done.returncode != 0:
                 raise AnsibleActionFail("cannot resolve the build requirements %s: %s"
                                         % (requires, remote.redact(done.stderr[-1500:],
-                                                                        remote.secrets_of(self.index_urls))))
+                                                                   remote.secrets_of(self.index_urls))))
         lock = load_lock(path)
         files = select_files(lock.pylock, lock, plan["python"]["marker_environment"], self._tags)
         return lock, files

@@ -301,3 +301,27 @@ wheels = [{ url = "https://index.example/alpha-1.0-py3-none-any.whl", hashes = {
 
 def codes(violations):
     return [(v.line, v.name, v.code) for v in violations]
+
+
+# A host's raw audit facts (the probe's validate section) for the verdict tests.
+ENV_311 = {
+    "implementation_name": "cpython", "implementation_version": "3.11.2", "os_name": "posix",
+    "platform_machine": "x86_64", "platform_python_implementation": "CPython",
+    "platform_release": "6.1.0", "platform_system": "Linux", "platform_version": "#1 SMP",
+    "python_full_version": "3.11.2", "python_version": "3.11", "sys_platform": "linux",
+}
+
+
+def dist(name, version, tampered=()):
+    return {"name": name, "version": version, "installer": "uv", "tampered": list(tampered)}
+
+
+def host_facts(dists, env=None, mpi=None, uv_version="0.13.9"):
+    env = ENV_311 if env is None else env
+    return {
+        "venv": {"path": "/v", "realpath": "/v", "exists": True},
+        "python": {"marker_environment": dict(env)} if env else {"error": "cannot run /v/bin/python"},
+        "distributions": dists,
+        "uv": {"version": uv_version},
+        "mpi": mpi,
+    }

@@ -133,22 +133,30 @@ def test_pylock_twin_provisions_and_validates_like_the_requirements_lock(airgap,
     pylock = airgap["pylock"]("pylock.twin.toml", pins)
     drift = textwrap.dedent("""\
           post_tasks:
-            - name: Check the venv against the lock
+            - name: Probe the venv
               lockstep.cluster.probe:
-                venv: "{{ venv_path }}"
+                validate:
+                  venv: "{{ venv_path }}"
+                  mpi: false
+              register: _validate_probe
+            - name: Check the venv against the lock
+              lockstep.cluster.validate:
+                hosts: [localhost]
                 lockfile: "{{ venv_lockfile }}"
-                mpi: false
+                cluster_smoke: false
+                dest: "{{ playbook_dir }}/reports"
+                run_id: drift
               register: drift_result
         """)
     result = airgap["run"](pylock, playbook_tasks=drift)
     assert result["failures"] == [], result["failures"]
     assert result["sync"]["lock"]["format"] == "pylock"
     assert installed(airgap["path"]) == {"alpha": "1.0", "beta": "1.0"}
-    report = next(r for n, r in result["results"] if n == "Check the venv against the lock")
+    report = next(r for n, r in result["results"] if n == "Check the venv against the lock")["reports"]["localhost"]
     assert report["status"] == "ok" and report["counts"]["expected"] == 2, report["problems"]
     twin = airgap["lock"]("twin.txt", pins)
     again = airgap["run"](twin, playbook_tasks=drift)
-    report_txt = next(r for n, r in again["results"] if n == "Check the venv against the lock")
+    report_txt = next(r for n, r in again["results"] if n == "Check the venv against the lock")["reports"]["localhost"]
     assert report_txt["status"] == "ok" and report_txt["fingerprint"] == report["fingerprint"]
     assert report_txt["checks"] == report["checks"]
 

@@ -77,7 +77,7 @@ def test_tampered_file_fails_drift_yml_with_lockstep_fail_on_drift(audit):
     with open(os.path.join(site, "zz-evil.pth"), "w") as handle:
         handle.write("/tmp/evil\n")
     proc, report, cases = audit["run"]("uv %s" % uv_pin(), lockstep_fail_on_drift=True)
-    assert proc.returncode != 0 and "Drifted: localhost" in proc.stdout
+    assert proc.returncode != 0 and "- localhost: drift: file " in proc.stdout
     rel = os.path.relpath(os.path.join(site, "zz-evil.pth"), os.path.realpath(audit["store"].path))
     assert report["problems"] == ["file %s: new file, not in the venv's manifest" % rel]
     assert cases["integrity"] == ["failure"]

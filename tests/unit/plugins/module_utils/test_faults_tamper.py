@@ -36,7 +36,7 @@ def live(tmp_path):
 
 
 def validate(live, **overrides):
-    params = dict((k, v.get("default")) for k, v in probe.ARGUMENT_SPEC.items())
+    params = dict((k, v.get("default")) for k, v in probe.VALIDATE_OPTIONS.items())
     params.update(venv=live["store"].path, lockfile="lock.txt", mpi=False, uv_path=UV)
     params.update(overrides)
     facts = probe.collect(params, dict(os.environ))

@@ -53,7 +53,7 @@ def lab(tmp_path):
 
 
 def params(lab, **overrides):
-    values = {spec_name: spec.get("default") for spec_name, spec in probe.ARGUMENT_SPEC.items()}
+    values = {spec_name: spec.get("default") for spec_name, spec in probe.VALIDATE_OPTIONS.items()}
     values.update(venv=lab["venv"], lockfile="lock.txt", launcher=lab["ompi"], uv_path="/nonexistent/uv",
                   timeout=30, smoke_timeout=60)
     values.update(overrides)

