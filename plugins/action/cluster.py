@@ -1,60 +1,28 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Make the play's hosts one cluster: compute every member's files on the controller from the
-play's hostvars and the cluster key, ask the host once whether they are exactly so, and only
-then create the user, push the key and write."""
+play's hostvars and the cluster key, compare them with this run's probe snapshot of the member
+(or ask the host once), and only then create the user, push the key and write."""
 
 from __future__ import annotations
-
-import json
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC, member_file
-from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import AccessError, ARGUMENT_SPEC, plan_from
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import CLUSTER_OPTIONS
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe, remote
 
 MODULE = "lockstep.cluster.cluster"
-_INTERNAL = ("stage", "files", "private_key_src")
-SSH_DIR = ".ssh"
-
-
-def file_specs(args, me, entries, key_sha256, public_line):
-    """The files this host must hold, as the module compares and writes them."""
-    names = [m["name"] for m in entries]
-    identity = {"cluster": args["name"], "host": me["inventory_name"], "name": me["name"], "user": args["user"],
-                "flavor": args["flavor"], "hostfile": args["hostfile"], "members": names}
-    specs = [
-        {"path": args["hostfile"], "kind": "file", "content": cc.hostfile(args["name"], args["flavor"], entries),
-         "owner": "root", "mode": "0644"},
-        {"path": member_file(args["hostfile"]), "kind": "file", "owner": "root", "mode": "0644",
-         "content": json.dumps(identity, indent=2, sort_keys=True) + "\n"},
-    ]
-    home = {"home": True, "owner": "user"}
-    if args["manage_keys"]:
-        specs += [
-            dict(home, path="%s/%s" % (SSH_DIR, cc.KEY_NAME), kind="secret", sha256=key_sha256, mode="0600"),
-            dict(home, path="%s/%s.pub" % (SSH_DIR, cc.KEY_NAME), kind="file", content=public_line + "\n", mode="0644"),
-            dict(home, path="%s/authorized_keys" % SSH_DIR, kind="block", content=cc.authorized_keys_block(public_line),
-                 mode="0600"),
-        ]
-    if args["manage_known_hosts"]:
-        specs.append(dict(home, path="%s/known_hosts" % SSH_DIR, kind="block", content=cc.known_hosts_block(entries),
-                          mode="0644"))
-    if args["manage_keys"] or args["manage_known_hosts"]:
-        identity_file = "%s/%s" % (SSH_DIR, cc.KEY_NAME) if args["manage_keys"] else None
-        specs.append(dict(home, path="%s/config" % SSH_DIR, kind="block", top=True, mode="0600",
-                          content=cc.ssh_config_block(entries, identity_file)))
-    if args["user"] == "root":
-        specs.append(dict(home, path=".bashrc", kind="block", top=True, content=cc.root_env_block()))
-    return specs
+_INTERNAL = ("stage", "files", "private_key_src", "stale_users")
 
 
 def describe(plan_result, created_user):
     changes = ["create user %s" % plan_result["user"]["name"]] if created_user else []
     changes += plan_result.get("directories", [])
+    changes += ["take the cluster key and blocks back from %s (an earlier cluster user)" % name
+                for name in plan_result.get("stale_users") or []]
     for entry in plan_result.get("files", []):
         if entry["action"] != "none":
             why = " (%s)" % ", ".join(entry["reasons"]) if entry["action"] == "update" and entry["reasons"] else ""
@@ -98,20 +66,28 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("cluster %s: %s" % (args["name"], exc))
         me = next((m for m in entries if m["inventory_name"] == me_name), None)
         if me is None:
-            raise AnsibleActionFail("%s is not a member with facts: run the cluster role in a play that gathers "
-                                    "facts (gather_subset: min) on every host of O(hosts)" % me_name)
+            raise AnsibleActionFail("%s is not a member with facts: run the cluster role after lockstep.cluster.probe "
+                                    "(or fact gathering, gather_subset: min) on every host of O(hosts)" % me_name)
         if args["manage_keys"] and public_line is None:  # check mode, no key yet: any value differs
             public_line = "ssh-ed25519 (generated-at-apply) lockstep-cluster-%s" % args["name"]
         # Check mode without a key pair yet: nothing to hash, any host copy differs.
-        key_sha256 = sha256_file(private) if private and not (check and generated) else "0" * 64
-        specs = file_specs(args, me, entries, key_sha256, public_line)
+        key_sha256 = cc.key_sha256(private) if private and not (check and generated) else "0" * 64
+        specs = cc.member_specs(args, me, entries, key_sha256, public_line)
         result.update(hostfile=args["hostfile"], members=[m["name"] for m in entries], left_out=left_out)
         if left_out:
             result["warnings"] = ["left out of the cluster (no facts in this play, unreachable?): %s"
                                   % ", ".join(left_out)]
 
         module_args = dict(self._task.args, stage="plan", files=specs)
-        planned = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        answered = probe.section(task_vars, "cluster", dict((k, args[k]) for k in CLUSTER_OPTIONS))
+        if answered:
+            # This run's probe took the member's snapshot: compared here, no host round trip.
+            try:
+                planned = plan_from(specs, answered["snapshot"])
+            except AccessError as exc:
+                raise AnsibleActionFail("%s: %s" % (me_name, exc))
+        else:
+            planned = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if planned.get("failed") or planned.get("unreachable"):
             result.update(planned)
             return result
@@ -134,6 +110,7 @@ class ActionModule(ActionBase):
             result["diff"] = diffs(planned)
         if not changes or check:
             return result
+        result["ansible_facts"] = probe.changed_fact(task_vars, "cluster")
 
         if create_user:
             made = self._execute_module(module_name="ansible.builtin.user", task_vars=task_vars, module_args={
@@ -146,7 +123,7 @@ class ActionModule(ActionBase):
         try:
             if needs_key:
                 module_args["private_key_src"] = remote.push_file(self, private, "cluster-key")
-            module_args["stage"] = "apply"
+            module_args.update(stage="apply", stale_users=planned.get("stale_users") or [])
             applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         finally:
             remote.cleanup(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe, remote
 
 MODULE = "lockstep.cluster.mpi"
 
@@ -22,11 +22,27 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = False
 
+    def _facts(self, result, task_vars):
+        """mpi_runtime (flavor, version, launcher, mpicc, libmpi, the venv's env) for the roles after
+        this one, and the change mark the probe's reuse honours."""
+        facts = {"mpi_runtime": result.get("runtime") or {}}
+        if result.get("changed") and not self._task.check_mode and not _failed(result):
+            facts.update(probe.changed_fact(task_vars, "mpi"))
+        result["ansible_facts"] = facts
+        return result
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
         self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         module_args = dict(self._task.args)
+        answered = probe.section(task_vars, "mpi", module_args)
+        if answered and not _failed(answered["result"]) and (
+                self._task.check_mode or not answered["result"].get("changed")):
+            # This run's probe asked exactly this: converged (or, in check mode, the prediction).
+            result.update(answered["result"])
+            result.pop("needs", None)
+            return self._facts(result, task_vars)
         first = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         needs = first.pop("needs", None) or []
         result.update(first)
@@ -36,9 +52,9 @@ class ActionModule(ActionBase):
         if self._task.check_mode:
             if missing:
                 remote.install_into(self, task_vars, first["package_manager"], missing, result)
-            return result
+            return self._facts(result, task_vars)
         if "packages" not in needs:
-            return result  # one round trip: converged, or selected in this run
+            return self._facts(result, task_vars)  # one round trip: converged, or selected in this run
 
         if not remote.install_into(self, task_vars, first["package_manager"], missing, result):
             return result
@@ -53,4 +69,4 @@ class ActionModule(ActionBase):
         result["changed"] = not _failed(second) and bool(second.get("changed") or installed.get("changed"))
         if result["changed"] and not _failed(second):
             result["msg"] = "installed %s; %s" % (", ".join(missing), second.get("msg"))
-        return result
+        return self._facts(result, task_vars)

@@ -13,7 +13,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.hashing import secure_hash
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv import ARGUMENT_SPEC, check_inputs, normalize
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe, remote
 
 MODULE = "lockstep.cluster.uv"
 
@@ -41,23 +41,38 @@ class ActionModule(ActionBase):
                                     % (path, actual, params["archive_sha256"]))
         return path
 
+    def _facts(self, result, task_vars):
+        """uv_executable for the roles after this one, and the change mark the probe's reuse honours."""
+        facts = {"uv_executable": result.get("uv")}
+        if result.get("changed") and not self._task.check_mode and not _failed(result):
+            facts.update(probe.changed_fact(task_vars, "uv"))
+        result["ansible_facts"] = facts
+        return result
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         if self._task.args.get("remote_archive") is not None:
             raise AnsibleActionFail("remote_archive is set by the action plugin, not by a task")
-        params = normalize(args)
+        params = normalize(args, task_vars.get("ansible_facts"))
         problems = check_inputs(params)
         if problems:
             raise AnsibleActionFail("; ".join(problems))
 
         module_args = dict(self._task.args)
+        answered = probe.section(task_vars, "uv", module_args)
+        if answered and not _failed(answered["result"]) and (
+                self._task.check_mode or not answered["result"].get("changed")):
+            # This run's probe asked exactly this: converged (or, in check mode, the prediction).
+            result.update(answered["result"])
+            result.pop("needs", None)
+            return self._facts(result, task_vars)
         first = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         needs = first.pop("needs", None) or []
         result.update(first)
         if _failed(first) or not (first.get("changed") or needs):
-            return result  # converged: this was the only round trip
+            return self._facts(result, task_vars)  # converged: this was the only round trip
 
         # Not converged (in check mode: would not be). The controller's part.
         src = self._archive(params) if first.get("install") and params["method"] == "archive" \
@@ -65,14 +80,14 @@ class ActionModule(ActionBase):
         if self._task.check_mode:
             if first.get("missing_packages"):
                 remote.install_into(self, task_vars, first["package_manager"], first["missing_packages"], result)
-            return result
+            return self._facts(result, task_vars)
         if not needs:
-            return result  # the module did everything in its first run
+            return self._facts(result, task_vars)  # the module did everything in its first run
 
         try:
             if "packages" in needs and not remote.install_into(self, task_vars, first["package_manager"],
                                                                first["missing_packages"], result):
-                return result
+                return self._facts(result, task_vars)
             if "archive" in needs:
                 module_args["remote_archive"] = remote.push_file(self, src, "uv.tar.gz")
             second = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
@@ -89,4 +104,4 @@ class ActionModule(ActionBase):
         if packages_changed and not _failed(second):
             result["msg"] = "; ".join(m for m in ("installed %s" % ", ".join(first["missing_packages"]),
                                                   second.get("msg") if second.get("changed") else None) if m)
-        return result
+        return self._facts(result, task_vars)

@@ -12,12 +12,15 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC as CLUSTER_SPEC
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps, validate, validate_report
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, read_lock
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
     lockfile=dict(type="path", required=True),
+    cluster=dict(type="dict"),
     probe_var=dict(type="str", default="_validate_probe"),
     cluster_var=dict(type="str", default="_validate_cluster"),
     cluster_smoke=dict(type="bool", default=True),
@@ -59,11 +62,17 @@ class ActionModule(ActionBase):
         path, lock = read_lock(self, args["lockfile"])
         probes = dict((h, self._registered(hostvars, h, args["probe_var"])) for h in args["hosts"])
         launches = [self._registered(hostvars, h, args["cluster_var"]) for h in args["hosts"]]
+        expected = None
+        if args["cluster"]:
+            # What the cluster role would write on each member now, compared with its snapshot.
+            expected, error = cc.expected_files(args["cluster"], hostvars, CLUSTER_SPEC)
+            if error:
+                raise AnsibleActionFail("cannot work out the cluster files: %s" % error)
         try:
             verdict = validate.judge(
                 args["hosts"], probes, lock, {"path": path, "sha256": lock.sha256, "entries": len(lock.entries)},
                 launches, cluster_smoke=args["cluster_smoke"], ignore=args["ignore_packages"],
-                uv_version=args["uv_version"], smoke_test=args["smoke_test"])
+                uv_version=args["uv_version"], smoke_test=args["smoke_test"], expected_files=expected)
         except LockError as exc:  # markers that cannot be evaluated, or two pins apply
             raise AnsibleActionFail("the lock does not fit a host: %s" % to_native(exc))
         try:

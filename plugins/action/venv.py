@@ -6,41 +6,28 @@ the host lacks) and apply."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import Airgap
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import read_lock
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps, probe, remote
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import (
-    check_policy,
-    format_violations,
     python_version_reason,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import render_requirements
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import outcome
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import WheelhouseError
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import (
+    outcome,
+    prepare,
+    sync_lock,
+    WheelhouseError,
+)
 
 MODULE = "lockstep.cluster.venv"
 _INTERNAL = ("stage", "lockfile_sha256", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files",
              "build")
-
-
-def sync_lock(lock, overrides=None):
-    """``(text or None, sha256)`` the host syncs: the lock file itself, or its requirements
-    rendering (always for a pylock: one host code path, no index URL needed on the host; and
-    whenever a built wheel's hash replaces the lock's)."""
-    if lock.format == "requirements" and not overrides:
-        return None, lock.sha256
-    text = render_requirements(lock, overrides, title=os.path.basename(lock.path))
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class ActionModule(ActionBase):
@@ -66,19 +53,14 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(remote.redact(str(exc), secrets))
 
     def _run(self, result, args, task_vars):
-        path, lock = read_lock(self, args["lockfile"])
-        violations = check_policy(lock, cpu_only=args["cpu_only"])
-        if violations:
-            raise AnsibleActionFail(format_violations(violations))
+        prepared = prepare(self, args, task_vars)
+        path, lock, airgap = prepared["path"], prepared["lock"], prepared["airgap"]
         result["lock"] = {"path": path, "sha256": lock.sha256, "entries": len(lock.entries), "format": lock.format}
-
-        airgap = Airgap(self, args, lock, task_vars) if args["wheelhouse"] else None
-        overrides = airgap.built_overrides() if airgap else {}
-        text, sha = sync_lock(lock, overrides)
-        module_args = dict(self._task.args, lockfile=path, lockfile_sha256=sha, stage="plan")
-        if airgap:
-            module_args.update(airgap.module_overrides())
-        plan = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        module_args = dict(self._task.args, stage="plan", **prepared["module_overrides"])
+        # This run's probe asked the host the same question: its plan, without a round trip.
+        answered = probe.section(task_vars, "venv", dict(self._task.args, **prepared["module_overrides"]))
+        plan = answered["result"] if answered and not answered["result"].get("failed") else \
+            self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         if plan.get("failed") or plan.get("unreachable"):
             result.update(plan)
             return result
@@ -93,7 +75,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("the lock does not fit this host: %s" % exc)
         if plan["action"] == "none":
             result.update(outcome(plan, self._task.diff, predicted=self._task.check_mode))
-            return result
+            return self._facts(result, task_vars)
         if self._task.check_mode:
             if plan["action"] == "build":
                 plan["after"] = expected  # what uv pip sync makes of a fresh venv
@@ -102,7 +84,7 @@ class ActionModule(ActionBase):
                 result["wheelhouse"] = airgap.predict(plan)
             if plan.get("missing_packages"):
                 remote.install_into(self, task_vars, plan["package_manager"], plan["missing_packages"], result)
-            return result
+            return self._facts(result, task_vars)
 
         try:
             packages = plan.get("missing_packages") or []
@@ -113,9 +95,10 @@ class ActionModule(ActionBase):
             if airgap:
                 incoming, overrides = airgap.prepare(plan, module_args)
                 text, sha = sync_lock(lock, overrides)
+                prepared["text"] = text
                 result["wheelhouse"] = airgap.report
                 module_args.update(wheelhouse_incoming=incoming, wheelhouse_files=airgap.selected, lockfile_sha256=sha)
-            module_args.update(stage="apply", remote_lockfile=self._push_lock(path, text), expected=expected)
+            module_args.update(stage="apply", remote_lockfile=self._push_lock(path, prepared["text"]), expected=expected)
             applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         finally:
             remote.cleanup(self)
@@ -123,6 +106,15 @@ class ActionModule(ActionBase):
             result.update(applied)
             return result
         result.update(outcome(applied, self._task.diff, predicted=False))
+        return self._facts(result, task_vars)
+
+    def _facts(self, result, task_vars):
+        """The venv facts later tasks read, and the change mark the probe's reuse honours."""
+        facts = {"venv_current": result.get("venv"), "venv_previous": result.get("previous"),
+                 "venv_lock_sha256": result["lock"]["sha256"]}
+        if result.get("changed") and not self._task.check_mode:
+            facts.update(probe.changed_fact(task_vars, "venv"))
+        result["ansible_facts"] = facts
         return result
 
     def _push_lock(self, path, text):

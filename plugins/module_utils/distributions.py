@@ -1,7 +1,8 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What is installed on a host: the Python distributions of a venv, read from their dist-info
-(no pip, no packaging), and the OS packages, asked read-only from dpkg or rpm (stdlib only).
+(no pip, no packaging), the OS packages, asked read-only from dpkg or rpm, and the few OS facts
+the roles need, from Ansible's own fact collectors (stdlib plus ansible.module_utils).
 
 Runs under the host's system Python against the venv's site-packages, so it imports only the
 standard library: the venv is exactly the lock and the host may lack ``packaging``. Modules
@@ -21,6 +22,10 @@ import hashlib
 import multiprocessing
 import os
 import re
+
+from ansible.module_utils.facts.system.distribution import DistributionFactCollector
+from ansible.module_utils.facts.system.platform import PlatformFactCollector
+from ansible.module_utils.facts.system.ssh_pub_keys import SshPubKeyFactCollector
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
 
@@ -264,3 +269,18 @@ def missing_packages(names, timeout=60):
                 installed.add(name)
         return kind, [n for n in names if n not in installed]
     return kind, list(names)
+
+
+# The facts the roles use, by the names `setup` gives them (distribution, os_family,
+# architecture, machine_id, ssh_host_key_*), so hostvars read the same either way.
+FACT_KEYS = ("distribution", "distribution_release", "distribution_version", "distribution_major_version",
+             "os_family", "system", "architecture", "machine", "machine_id", "hostname", "fqdn", "python_version")
+
+
+def os_facts(module):
+    """The OS facts of this host, collected by Ansible's own collectors (the ``min`` subset's
+    distribution, platform and SSH host key facts) in this module run."""
+    found = {}
+    for collector in (DistributionFactCollector(), PlatformFactCollector(), SshPubKeyFactCollector()):
+        found.update(collector.collect(module=module, collected_facts=found) or {})
+    return dict((k, v) for k, v in found.items() if k in FACT_KEYS or k.startswith("ssh_host_key_"))

@@ -580,20 +580,75 @@ def mpi_facts(raw, venv_roots, installed, env, python, params):
 
 
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
+# Unset, packages, alternatives, abi_link, libdir, bin_dir, profile_content and os_env come from
+# layout() for the host's OS family and architecture (decided on the host, no facts needed).
 ARGUMENT_SPEC = dict(
     flavor=dict(type="str", required=True, choices=["openmpi", "mpich"]),
-    packages=dict(type="list", elements="str", default=[]),
-    alternatives=dict(type="list", elements="str", default=["mpi", "mpirun"]),
-    abi_link=dict(type="bool", default=True),
-    libdir=dict(type="path", default="/usr/lib/x86_64-linux-gnu"),
-    bin_dir=dict(type="path", default="/usr/bin"),
+    install_dev=dict(type="bool", default=True),
+    packages_extra=dict(type="list", elements="str", default=[]),
+    packages=dict(type="list", elements="str"),
+    alternatives=dict(type="list", elements="str"),
+    abi_link=dict(type="bool"),
+    libdir=dict(type="path"),
+    bin_dir=dict(type="path"),
     profile_path=dict(type="path", default="/etc/profile.d/lockstep-mpi.sh"),
-    profile_content=dict(type="str", default=""),
-    os_env=dict(type="dict", default={}),
+    profile_content=dict(type="str"),
+    os_env=dict(type="dict"),
     allow_run_as_root=dict(type="bool", default=False),
     extra_env=dict(type="dict", default={}),
     timeout=dict(type="int", default=120),
 )
+
+# Debian multiarch triplets by machine.
+MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "ppc64le": "powerpc64le-linux-gnu",
+             "s390x": "s390x-linux-gnu"}
+# (runtime, dev) packages per OS family and flavor.
+PACKAGES = {
+    "Debian": {"openmpi": (["openmpi-bin"], ["libopenmpi-dev"]), "mpich": (["mpich"], ["libmpich-dev"])},
+    "RedHat": {"openmpi": (["openmpi"], ["openmpi-devel"]), "mpich": (["mpich"], ["mpich-devel"])},
+}
+RHEL_PROFILE = """# Managed by lockstep.cluster.mpi: login shells get %(flavor)s (RHEL keeps MPI off PATH
+# until an environment module is loaded).
+if command -v module >/dev/null 2>&1; then
+    module load %(module)s >/dev/null 2>&1 || true
+fi
+"""
+
+
+def layout(flavor, family, machine, install_dev=True, extra=()):
+    """Where ``flavor`` lives on this OS family and what selects it: ``packages``,
+    ``alternatives``, ``abi_link``, ``libdir``, ``bin_dir``, ``profile_content``, ``os_env``.
+
+    Debian/Ubuntu: both flavors side by side in /usr; the ``mpi`` (mpicc...) and
+    ``mpi-<multiarch>`` (headers, libmpi.so) alternatives come with the -dev packages, and
+    Debian 12's MPICH lacks libmpi.so.12 (the ABI link). RHEL family: each flavor under
+    /usr/lib64/<flavor>, off PATH, selected by the environment module mpi/<flavor>-<arch>
+    (a login profile script, and the variables the venv gets)."""
+    runtime, dev = PACKAGES["RedHat" if family == "RedHat" else "Debian"][flavor]
+    packages = list(runtime) + (list(dev) if install_dev else []) + [p for p in extra if p]
+    if family == "RedHat":
+        prefix = "/usr/lib64/%s" % flavor
+        return {"packages": packages, "alternatives": [], "abi_link": False, "libdir": prefix + "/lib",
+                "bin_dir": prefix + "/bin",
+                "profile_content": RHEL_PROFILE % {"flavor": flavor, "module": "mpi/%s-%s" % (flavor, machine)},
+                "os_env": {"MPI_BIN": prefix + "/bin", "MPI_HOME": prefix, "MPI_LIB": prefix + "/lib",
+                           "LD_LIBRARY_PATH": prefix + "/lib"}}
+    multiarch = MULTIARCH.get(machine, "%s-linux-gnu" % machine)
+    return {"packages": packages, "alternatives": ["mpi", "mpirun", "mpi-" + multiarch] if install_dev else ["mpirun"],
+            "abi_link": True, "libdir": "/usr/lib/" + multiarch, "bin_dir": "/usr/bin", "profile_content": "",
+            "os_env": {}}
+
+
+def resolve(params, facts):
+    """The options with every unset layout value taken from layout() for this host."""
+    p = dict(params)
+    found = layout(p["flavor"], (facts or {}).get("os_family"), (facts or {}).get("architecture") or "x86_64",
+                   p.get("install_dev", True), p.get("packages_extra") or ())
+    for key, value in found.items():
+        if p.get(key) is None:
+            p[key] = value
+    return p
+
 
 _SYSTEM_DIRS = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 
@@ -735,9 +790,10 @@ def _apply(p, changes, link, profile, timeout):
         store_fs.write_atomic(profile["path"], p["profile_content"], 0o644)
 
 
-def run(params, check_mode, diff=False):
-    """The module's whole job; returns the result dict (``failed`` set on an error)."""
-    p = params
+def run(params, check_mode, diff=False, facts=None):
+    """The module's whole job; returns the result dict (``failed`` set on an error). ``facts``:
+    the host's OS facts (distributions.os_facts) for the layout values not given."""
+    p = resolve(params, facts)
     timeout = p["timeout"]
     result = {"changed": False, "flavor": p["flavor"], "alternatives": [], "abi_link": {"action": None, "path": None},
               "profile": {"action": None, "path": p["profile_path"] if p["profile_content"] else None},

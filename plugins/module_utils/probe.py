@@ -15,10 +15,22 @@ __metaclass__ = type
 import os
 import re
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, manifest, mpi, proc, store_fs
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
+import hashlib
+import json
 
-canonical = distributions.canonical_name
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.lockstep.cluster.plugins.module_utils import (
+    cluster,
+    distributions,
+    manifest,
+    mpi,
+    proc,
+    store_fs,
+    uv,
+    venv,
+)
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
 
 # The audit's questions (the validate role's settings); the lock itself stays on the controller.
 VALIDATE_OPTIONS = dict(
@@ -35,10 +47,64 @@ VALIDATE_OPTIONS = dict(
     smoke_timeout=dict(type="int", default=120),
 )
 
+# What the probe needs of the cluster role's settings to snapshot a member's files.
+CLUSTER_OPTIONS = dict(
+    user=dict(type="str", default="bench"),
+    hostfile=dict(type="path", default="/etc/lockstep/hostfile"),
+    manage_keys=dict(type="bool", default=True),
+    manage_known_hosts=dict(type="bool", default=True),
+)
+
+# Each role's section takes that role's module options, checked against that module's spec.
+SPECS = {"uv": uv.ARGUMENT_SPEC, "mpi": mpi.ARGUMENT_SPEC, "venv": venv.ARGUMENT_SPEC, "cluster": CLUSTER_OPTIONS}
+# Options that do not change what the host is asked: set per apply by an action plugin, or read
+# on the controller only. They stay out of a section's digest.
+NOT_ASKED = {
+    "uv": ("remote_archive", "archive_src"),
+    "venv": ("stage", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files", "build",
+             "wheelhouse_cache", "wheelhouse_find_links", "build_group", "build_requires", "lock_timeout"),
+    "mpi": (), "cluster": (), "validate": (),
+}
+
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
 ARGUMENT_SPEC = dict(
+    uv=dict(type="dict"),
+    mpi=dict(type="dict"),
+    venv=dict(type="dict"),
+    cluster=dict(type="dict"),
     validate=dict(type="dict", options=VALIDATE_OPTIONS),
 )
+
+
+def settings(section, given):
+    """``(settings, error)``: a role section's options, checked and defaulted by its module's
+    spec, exactly as the role's own action plugin checks them (so their digests agree)."""
+    given = dict(given or {})
+    if section == "cluster":  # the cluster role's options: the snapshot needs only a few
+        given = dict((k, v) for k, v in given.items() if k in CLUSTER_OPTIONS)
+    checked = ArgumentSpecValidator(SPECS[section]).validate(given)
+    if checked.error_messages:
+        return None, "; ".join(checked.error_messages)
+    return checked.validated_parameters, None
+
+
+def secrets(params):
+    """The values of every no_log option given in a role section (an index URL with a token):
+    the module masks them in everything it returns, as the role's own module would."""
+    found = set()
+    for name, spec in SPECS.items():
+        for option, rule in spec.items():
+            value = (params.get(name) or {}).get(option)
+            if rule.get("no_log") and value:
+                found.update(value if isinstance(value, list) else [value])
+    return set(str(v) for v in found)
+
+
+def digest(section, params):
+    """sha256 of what a section asks the host (NOT_ASKED left out): a role reuses the probe's
+    answer only when its own options give the same digest."""
+    asked = dict((k, v) for k, v in (params or {}).items() if k not in NOT_ASKED.get(section, ()))
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 _UV_DIRS = ("/usr/local/bin", "/usr/bin", "~/.local/bin", "~/.cargo/bin")
@@ -150,18 +216,49 @@ def collect(params, base_env):
     return facts
 
 
-def run(params, base_env):
-    """Every section that was asked for: ``{"validate": collect(...)}``. A section that cannot
-    be collected is reported with its ``error``; the others still are."""
-    out = {}
+def _section(name, given, answer):
+    """One role's answer, exactly what its own module would say in check mode (read-only)."""
+    params, error = settings(name, given)
+    if error:
+        return {"error": "%s: %s" % (name, error)}
+    facts = answer["facts"]
+    if name == "venv" and params.get("mpi_env") is None and "result" in answer.get("mpi", {}):
+        # The venv's MPI variables are what the mpi role would hand it: this run's mpi answer.
+        params["mpi_env"] = (answer["mpi"]["result"].get("runtime") or {}).get("env") or {}
+    try:
+        if name == "uv":
+            result = uv.run(params, True, answer["diff"], facts)
+        elif name == "mpi":
+            result = mpi.run(params, True, answer["diff"], facts)
+        elif name == "venv":
+            result = venv.run(dict(params, stage="plan"), True, answer["env"], facts)
+        else:
+            return {"digest": digest(name, params), "snapshot": cluster.snapshot(params)}
+    except (IOError, OSError, RuntimeError, ValueError, cluster.AccessError) as exc:
+        return {"error": "%s: %s" % (name, exc)}
+    return {"digest": digest(name, params), "result": result}
+
+
+def run(params, base_env, module):
+    """Every section that was asked for, in one module run: the OS facts the roles need, each
+    role's answer (``uv``, ``mpi``, ``venv``: their check-mode plan; ``cluster``: a snapshot of
+    the member's files), and the audit's facts (``validate``). A section that cannot be answered
+    carries its ``error``; the others still are. Nothing is changed."""
+    out = {"facts": distributions.os_facts(module), "diff": bool(getattr(module, "_diff", False)),
+           "env": base_env}
+    for name in ("uv", "mpi", "venv", "cluster"):
+        if params.get(name) is not None:
+            out[name] = _section(name, params[name], out)
     if params.get("validate"):
-        settings = params["validate"]
-        env_file = settings.get("env_file")
+        options = params["validate"]
+        env_file = options.get("env_file")
         if env_file and not os.path.isfile(env_file):
             out["validate"] = {"error": "env_file %s does not exist" % env_file}
         else:
             try:
-                out["validate"] = collect(settings, base_env)
+                out["validate"] = collect(options, base_env)
             except (IOError, OSError, RuntimeError, ValueError) as exc:
                 out["validate"] = {"error": "the probe failed: %s" % exc}
+    out.pop("diff")
+    out.pop("env")
     return out

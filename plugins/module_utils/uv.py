@@ -146,7 +146,8 @@ ARGUMENT_SPEC = dict(
     archive_src=dict(type="str"),
     archive_sha256=dict(type="str"),
     ca_bundle=dict(type="path"),
-    packages=dict(type="list", elements="str", default=[]),
+    # Unset: what the method needs on the host's OS family (Debian splits ensurepip into python3-venv).
+    packages=dict(type="list", elements="str"),
     timeout=dict(type="int", default=600),
     # Set by the action plugin: where it pushed archive_src.
     remote_archive=dict(type="path"),
@@ -170,9 +171,17 @@ def sha256_of(value):
     return value[len("sha256:"):] if value.startswith("sha256:") else value
 
 
-def normalize(params):
-    """Empty strings mean "not set" (role variables default to "")."""
+def os_packages(method, family):
+    """What ``python3 -m venv`` needs on this OS family for the venv method."""
+    return ["python3-venv"] if method == "venv" and family == "Debian" else []
+
+
+def normalize(params, facts=None):
+    """Empty strings mean "not set" (role variables default to ""); unset packages are the OS
+    family's (``facts``: the host's OS facts)."""
     p = dict(params)
+    if p.get("packages") is None:
+        p["packages"] = os_packages(p.get("method"), (facts or {}).get("os_family"))
     for name in ("pip_index_url", "archive_url", "archive_src", "archive_sha256", "ca_bundle", "remote_archive"):
         p[name] = p.get(name) or None
     p["archive_sha256"] = sha256_of(p["archive_sha256"]) or None
@@ -451,9 +460,9 @@ def _install_lock(p):
         raise InstallError("%s is locked by %s; waited %ds (timeout)" % (p["install_root"], holder, p["timeout"]))
 
 
-def run(params, check_mode, diff=False):
+def run(params, check_mode, diff=False, facts=None):
     """The module's whole job; returns the result dict (``failed`` set on an error)."""
-    p = normalize(params)
+    p = normalize(params, facts)
     directory = version_dir(p)
     result = {"changed": False, "version": p["version"], "method": p["method"], "install_dir": directory,
               "uv": os.path.join(p["bin_dir"], "uv"), "install": None, "links": [], "needs": []}

@@ -38,7 +38,11 @@ ARGUMENT_SPEC = dict(
     mpi4py_mode=dict(type="str", choices=["binary", "source"], default="binary"),
     no_binary=dict(type="list", elements="str", default=[]),
     build_variables=dict(type="dict", default={}),
-    packages=dict(type="list", elements="str", default=[]),
+    # Unset: with mpi4py_mode=source, the OS family's compiler and Python headers.
+    packages=dict(type="list", elements="str"),
+    # The selected MPI's variables for lockstep.env (mpi role: mpi_runtime.env); unset in the probe,
+    # which takes them from its own mpi section.
+    mpi_env=dict(type="dict"),
     # May carry a password or token (Vault, lookup('env')): masked in every result.
     index_url=dict(type="str", no_log=True),
     extra_index_urls=dict(type="list", elements="str", default=[], no_log=True),
@@ -176,9 +180,27 @@ def build_wheel(runner, python, directory, spec):
         shutil.rmtree(out, ignore_errors=True)
 
 
-def run(params, check_mode, base_env=None):
+BUILD_PACKAGES = {"Debian": ["gcc", "python3-dev"], "RedHat": ["gcc", "python3-devel"]}
+
+
+def build_packages(mode, family):
+    """What building mpi4py from source needs on this OS family (nothing for the binary wheel)."""
+    return list(BUILD_PACKAGES.get(family, BUILD_PACKAGES["Debian"])) if mode == "source" else []
+
+
+def resolve(params, facts=None):
+    """The options with the unset OS packages taken from the host's family, and the venv
+    environment: the MPI's variables, then ``env`` on top."""
+    p = dict(params)
+    if p.get("packages") is None:
+        p["packages"] = build_packages(p.get("mpi4py_mode"), (facts or {}).get("os_family"))
+    p["env"] = dict(p.get("mpi_env") or {}, **(p.get("env") or {}))
+    return p
+
+
+def run(params, check_mode, base_env=None, facts=None):
     """The module's whole job. Returns the result dict; raises SyncError with it attached."""
-    p = params
+    p = resolve(params, facts)
     runner = UvRunner(
         p["uv"], index_url=p["index_url"], extra_index_urls=p["extra_index_urls"], find_links=p["find_links"],
         offline=p["offline"], ca_bundle=p["ca_bundle"], cache_dir=p["cache_dir"], no_binary=p["no_binary"],

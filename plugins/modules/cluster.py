@@ -111,6 +111,12 @@ options:
   private_key_src:
     description: Internal, set by the action plugin; where it pushed the private key on the host.
     type: path
+  stale_users:
+    description:
+      - Internal, set by the action plugin; users other than O(user) that still hold the cluster key or its
+        blocks (an earlier cluster user). Their key pair and managed blocks are removed.
+    type: list
+    elements: str
 notes:
   - Needs the facts of the members (site.yml gathers C(min), which includes the SSH host keys).
   - Members are the hosts given, so C(--limit) shrinks the cluster on the hosts it runs on;
@@ -188,8 +194,8 @@ def main():
             module.exit_json(changed=False, **result)
         result = apply(module.params)
     except (AccessError, IOError, OSError) as exc:
-        module.fail_json(msg="cluster_setup: %s" % exc)
-    module.exit_json(changed=bool(result["files"] or result["directories"]), **result)
+        module.fail_json(msg="cluster: %s" % exc)
+    module.exit_json(changed=bool(result["files"] or result["directories"] or any(result["cleaned"].values())), **result)
 
 
 if __name__ == "__main__":

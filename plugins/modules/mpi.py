@@ -47,40 +47,53 @@ options:
     type: str
     required: true
     choices: [openmpi, mpich]
-  packages:
-    description: OS packages of the flavor (runtime, development, extras).
+  install_dev:
+    description: Install the development package (mpicc, libmpi.so, headers); without it only C(mpirun) is pinned on Debian.
+    type: bool
+    default: true
+  packages_extra:
+    description: More OS packages to install with the flavor (for example a fabric provider).
     type: list
     elements: str
     default: []
-  alternatives:
-    description: Debian alternatives to pin to O(flavor); V([]) on the RHEL family.
+  packages:
+    description:
+      - OS packages of the flavor. Unset, the host's OS family decides (Debian C(openmpi-bin) /
+        C(libopenmpi-dev), C(mpich) / C(libmpich-dev); RHEL C(openmpi) / C(openmpi-devel), C(mpich) /
+        C(mpich-devel)), plus O(packages_extra).
     type: list
     elements: str
-    default: [mpi, mpirun]
+  alternatives:
+    description:
+      - Debian alternatives to pin to O(flavor). Unset, C(mpi), C(mpirun) and C(mpi-<multiarch>) on Debian
+        (only C(mpirun) without O(install_dev)), none on the RHEL family.
+    type: list
+    elements: str
   abi_link:
-    description: Manage C(<libdir>/libmpi.so.12) for MPICH (Debian).
+    description: Manage C(<libdir>/libmpi.so.12) for MPICH. Unset, on Debian only.
     type: bool
-    default: true
   libdir:
-    description: Directory of the runtime C(libmpi) of O(flavor) (the multiarch directory on Debian).
+    description:
+      - Directory of the runtime C(libmpi) of O(flavor). Unset, the multiarch directory on Debian
+        (C(/usr/lib/x86_64-linux-gnu)), C(/usr/lib64/<flavor>/lib) on the RHEL family.
     type: path
-    default: /usr/lib/x86_64-linux-gnu
   bin_dir:
-    description: Directory of C(mpiexec) and C(mpicc) (C(/usr/lib64/<flavor>/bin) on the RHEL family).
+    description: Directory of C(mpiexec) and C(mpicc). Unset, C(/usr/bin) on Debian, C(/usr/lib64/<flavor>/bin) on RHEL.
     type: path
-    default: /usr/bin
   profile_path:
     description: Login profile script that selects the flavor (RHEL family).
     type: path
     default: /etc/profile.d/lockstep-mpi.sh
   profile_content:
-    description: Content of O(profile_path); empty leaves that file alone.
+    description:
+      - Content of O(profile_path); empty leaves that file alone. Unset, empty on Debian (the alternatives
+        select the flavor) and a script loading the module C(mpi/<flavor>-<arch>) on the RHEL family.
     type: str
-    default: ""
   os_env:
-    description: OS-specific variables for the venv environment (RHEL C(MPI_BIN), C(LD_LIBRARY_PATH), ...).
+    description:
+      - OS-specific variables for the venv environment. Unset, none on Debian and what C(module load)
+        sets on the RHEL family (C(MPI_BIN), C(MPI_HOME), C(MPI_LIB), C(LD_LIBRARY_PATH)).
     type: dict
-    default: {}
   allow_run_as_root:
     description: Add C(OMPI_ALLOW_RUN_AS_ROOT)/C(OMPI_ALLOW_RUN_AS_ROOT_CONFIRM) for Open MPI (containers, labs).
     type: bool
@@ -98,24 +111,17 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Install and select MPICH
+- name: Install and select MPICH (packages, alternatives and paths from the host's OS family)
   lockstep.cluster.mpi:
     flavor: mpich
-    packages: [mpich, libmpich-dev]
-    alternatives: [mpi, mpirun, mpi-x86_64-linux-gnu]
-    libdir: /usr/lib/x86_64-linux-gnu
   register: mpi
 
-- name: Open MPI on a RHEL-family host
+- name: Open MPI with a fabric provider, paths given explicitly
   lockstep.cluster.mpi:
     flavor: openmpi
-    packages: [openmpi, openmpi-devel]
-    alternatives: []
-    abi_link: false
-    bin_dir: /usr/lib64/openmpi/bin
-    libdir: /usr/lib64/openmpi/lib
-    profile_content: |
-      if command -v module >/dev/null 2>&1; then module load mpi/openmpi-x86_64 >/dev/null 2>&1 || true; fi
+    packages_extra: [libfabric1]
+    bin_dir: /usr/bin
+    libdir: /usr/lib/x86_64-linux-gnu
 """
 
 RETURN = r"""
@@ -154,12 +160,13 @@ packages:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import ARGUMENT_SPEC, run
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    result = run(module.params, module.check_mode, module._diff)
+    result = run(module.params, module.check_mode, module._diff, distributions.os_facts(module))
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

@@ -27,6 +27,15 @@ description:
     actually mapped, launcher path and flavor, system MPI), a verdict C(compatible),
     C(incompatible) or C(unknown) with reasons, and optionally a launch smoke test
     (C(mpiexec -n 2)) that must see ranks 0 and 1 of size 2."
+  - "O(uv), O(mpi), O(venv): each role's own question, asked in check mode (read-only) with that
+    role's module options: M(lockstep.cluster.uv) re-hashes uv and reads its links,
+    M(lockstep.cluster.mpi) checks the packages and the selection and describes the runtime,
+    M(lockstep.cluster.venv) plans the sync (uv C(--check) and the manifest); O(cluster) takes a
+    snapshot of the member's cluster files (only what lockstep manages: a managed block, a key's
+    sha256). The action plugin keeps the answer as the host's fact C(lockstep_probe) for this run,
+    with the OS facts the roles use (C(setup)'s names); each role's action plugin reuses it when
+    its options give the same digest and no role changed the host since, so a converged host
+    costs this one round trip."
   - The files are checked before any of the venv's code runs; bytecode is never written.
 author:
   - lockstep.cluster maintainers (@lockstep)
@@ -44,6 +53,21 @@ attributes:
     platforms: posix
     details: Linux hosts (C(/proc/self/maps) names the loaded libmpi).
 options:
+  uv:
+    description: The options of M(lockstep.cluster.uv) (the uv role's settings); omitted, not asked.
+    type: dict
+  mpi:
+    description: The options of M(lockstep.cluster.mpi) (the mpi role's settings); omitted, not asked.
+    type: dict
+  venv:
+    description:
+      - The options of M(lockstep.cluster.venv) (the venv role's settings); omitted, not asked. The action
+        plugin reads and polices the lock on the controller first, as the venv role does.
+      - Its C(mpi_env) unset, the probe takes the MPI's variables from its own O(mpi) answer.
+    type: dict
+  cluster:
+    description: The options of M(lockstep.cluster.cluster) (the cluster role's settings); omitted, not asked.
+    type: dict
   validate:
     description:
       - The audit's questions (the C(lockstep.cluster.validate) role's settings). Omitted, the
@@ -62,12 +86,12 @@ options:
             distributions' C(RECORD) files.
           - A file is re-hashed when anything the manifest recorded for it changed (inode, size,
             mode, mtime or ctime; any write moves ctime, which a writer of the venv cannot set
-            back); the others are not read. See O(verify_all_files).
+            back); the others are not read. See O(validate.verify_all_files).
         type: bool
         default: true
       verify_all_files:
         description:
-          - With O(verify_files), re-hash every file of the manifest whatever its recorded times.
+          - With O(validate.verify_files), re-hash every file of the manifest whatever its recorded times.
             Costs reading the whole venv; use it where ctimes cannot be trusted (e.g. files
             restored from a backup that preserved ctimes at the block level).
         type: bool
@@ -85,7 +109,7 @@ options:
       smoke_test:
         description:
           - Launch C(mpiexec -n 2) on the venv's Python (Open MPI gets C(--oversubscribe), and the
-            allow-run-as-root variables when run as root). Only with O(mpi) and an importable mpi4py.
+            allow-run-as-root variables when run as root). Only with O(validate.mpi) and an importable mpi4py.
         type: bool
         default: true
       launcher:
@@ -102,7 +126,7 @@ options:
         type: path
       environment:
         description:
-          - Extra environment variables for the probe and the smoke test, applied after O(env_file).
+          - Extra environment variables for the probe and the smoke test, applied after O(validate.env_file).
         type: dict
         default: {}
       timeout:
@@ -141,6 +165,36 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+uv:
+  description: C(digest) of the options asked and C(result), what M(lockstep.cluster.uv) says in check mode; or C(error).
+  returned: when O(uv) is given
+  type: dict
+mpi:
+  description: C(digest) and C(result), what M(lockstep.cluster.mpi) says in check mode (with C(runtime)); or C(error).
+  returned: when O(mpi) is given
+  type: dict
+venv:
+  description: C(digest) and C(result), the plan of M(lockstep.cluster.venv); or C(error).
+  returned: when O(venv) is given
+  type: dict
+cluster:
+  description:
+    - C(digest) and C(snapshot) - the cluster C(user) (exists, uid, home), per managed file its state (C(exists),
+      C(mode), owner, the managed C(block) or the C(text) of a file that is wholly lockstep's, the key's C(sha256)),
+      the C(directories), and C(stale_users) (other users that still hold the cluster key); or C(error).
+  returned: when O(cluster) is given
+  type: dict
+reused:
+  description: The answer came from this run's earlier probe (nothing changed on the host since); no round trip.
+  returned: when reused
+  type: bool
+ansible_facts:
+  description:
+    - The OS facts the roles use, by C(setup)'s names (C(distribution), C(distribution_version),
+      C(os_family), C(architecture), C(machine_id), C(ssh_host_key_*_public)), C(lockstep_probe)
+      (the answer, for this run) and C(lockstep_changed) (reset).
+  returned: when the host was asked
+  type: dict
 validate:
   description: The audit's raw facts; C(error) alone when they could not be collected (and why).
   returned: when O(validate) is given
@@ -152,10 +206,10 @@ validate:
         type: dict
         contains:
           path:
-            description: O(venv) as given.
+            description: O(validate.venv) as given.
             type: str
           realpath:
-            description: O(venv) with symlinks resolved.
+            description: O(validate.venv) with symlinks resolved.
             type: str
           exists:
             description: A C(pyvenv.cfg) exists there.
@@ -195,7 +249,7 @@ validate:
       distributions:
         description:
           - Installed distributions (C(name), C(version), C(installer), C(metadata_dir)).
-          - With O(verify_files), also C(record) (a RECORD with hashes exists), C(files) (hashed files) and C(tampered).
+          - With O(validate.verify_files), also C(record) (a RECORD with hashes exists), C(files) (hashed files) and C(tampered).
         returned: always
         type: list
         elements: dict
@@ -218,7 +272,7 @@ validate:
             type: str
       mpi:
         description: MPI and mpi4py facts.
-        returned: when O(mpi=true)
+        returned: when O(validate.mpi=true)
         type: dict
         contains:
           verdict:
@@ -256,12 +310,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.probe import ARGUMENT_SPEC, run
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import ARGUMENT_SPEC, run, secrets
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    module.exit_json(changed=False, **run(module.params, dict(os.environ)))
+    module.no_log_values.update(secrets(module.params))
+    module.exit_json(changed=False, **run(module.params, dict(os.environ), module))
 
 
 if __name__ == "__main__":

@@ -96,10 +96,11 @@ options:
     description: CA bundle on the host for HTTPS (C(PIP_CERT) for pip, the download's trust store). Unset is the system default.
     type: path
   packages:
-    description: OS packages the install needs (C(python3-venv) on Debian for O(method=venv)).
+    description:
+      - OS packages the install needs. Unset, the host's OS family decides (C(python3-venv) on the
+        Debian family for O(method=venv), nothing else).
     type: list
     elements: str
-    default: []
   timeout:
     description: Seconds allowed for each command and for the download.
     type: int
@@ -162,12 +163,13 @@ packages:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv import ARGUMENT_SPEC, run
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    result = run(module.params, module.check_mode, module._diff)
+    result = run(module.params, module.check_mode, module._diff, distributions.os_facts(module))
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

@@ -39,6 +39,7 @@ author:
 extends_documentation_fragment:
   - lockstep.cluster.lockstep
   - lockstep.cluster.lockstep.ACTION
+  - lockstep.cluster.lockstep.PLATFORM
   - lockstep.cluster.lockstep.LOCKFILE
 attributes:
   check_mode:
@@ -56,6 +57,13 @@ options:
     type: list
     elements: str
     required: true
+  cluster:
+    description:
+      - The cluster role's settings (the C(lockstep.cluster.cluster) module's options). Given, each member's
+        cluster files (hostfile, member file, the key pair, authorized_keys, known_hosts, ssh config) are
+        compared with what that role would write now, from the probe's snapshot of them; an earlier
+        cluster user that still holds the key is named.
+    type: dict
   probe_var:
     description: Name of the variable each host registered its M(lockstep.cluster.probe) result in.
     type: str

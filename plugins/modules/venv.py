@@ -84,9 +84,18 @@ options:
     type: str
     default: python3
   env:
-    description: Variables written to C(<venv>/lockstep.env) (C(KEY=VALUE), literal values) and exported by C(bin/activate).
+    description:
+      - Variables written to C(<venv>/lockstep.env) (C(KEY=VALUE), literal values) and exported by C(bin/activate),
+        on top of O(mpi_env).
     type: dict
     default: {}
+  mpi_env:
+    description:
+      - The selected MPI's variables for the venv (the C(lockstep.cluster.mpi) module's C(runtime.env)).
+        Part of the venv's key, like O(env).
+      - Unset in M(lockstep.cluster.probe), which takes them from its own O(lockstep.cluster.probe#module:mpi)
+        section, so both compute the same key.
+    type: dict
   mpi4py_mode:
     description: V(binary) installs the lock's mpi4py wheel; V(source) is expected to come with O(no_binary) and O(build_variables).
     type: str
@@ -108,9 +117,10 @@ options:
       - OS packages a build needs (the compiler and Python headers for a source-built mpi4py).
         The module reports the missing ones and the action plugin installs them with the
         distribution's package module before a build.
+      - Unset, the host's OS family decides for O(mpi4py_mode=source) (C(gcc) and C(python3-dev) on the Debian
+        family, C(python3-devel) on the RHEL family); nothing for the binary wheel.
     type: list
     elements: str
-    default: []
   verify_files:
     description:
       - Compare the live venv with its manifest (every entry of the tree; a file is re-hashed
@@ -276,12 +286,13 @@ commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv import ARGUMENT_SPEC, run
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    result = run(module.params, module.check_mode)
+    result = run(module.params, module.check_mode, facts=distributions.os_facts(module))
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

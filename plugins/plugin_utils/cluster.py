@@ -14,6 +14,12 @@ import fcntl
 import os
 import re
 
+import hashlib
+import json
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import KEY_NAME, SSH_DIR, layout, member_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import OMPI_ROOT_ENV
 
 # cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
@@ -28,7 +34,6 @@ else:
 
 # The facts `setup` gathers in its `ssh_pub_keys` subset (part of `min`), in preference order.
 HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
-KEY_NAME = "id_lockstep"
 BEGIN = "# BEGIN lockstep.cluster (managed block: edits inside are replaced)"
 END = "# END lockstep.cluster"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -211,3 +216,57 @@ def read_public(path):
     if not re.match(r"^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$", line):
         raise ClusterConfigError("%s is not an OpenSSH ed25519 public key" % path)
     return line
+
+
+def contents(args, me, entries, public_line):
+    """What each managed file of ``me`` holds, by path (the secret key is compared by sha256)."""
+    names = [m["name"] for m in entries]
+    identity = {"cluster": args["name"], "host": me["inventory_name"], "name": me["name"], "user": args["user"],
+                "flavor": args["flavor"], "hostfile": args["hostfile"], "members": names}
+    identity_file = "%s/%s" % (SSH_DIR, KEY_NAME) if args["manage_keys"] else None
+    return {
+        args["hostfile"]: hostfile(args["name"], args["flavor"], entries),
+        member_file(args["hostfile"]): json.dumps(identity, indent=2, sort_keys=True) + "\n",
+        "%s/%s.pub" % (SSH_DIR, KEY_NAME): (public_line or "") + "\n",
+        "%s/authorized_keys" % SSH_DIR: authorized_keys_block(public_line or ""),
+        "%s/known_hosts" % SSH_DIR: known_hosts_block(entries),
+        "%s/config" % SSH_DIR: ssh_config_block(entries, identity_file),
+        ".bashrc": root_env_block(),
+    }
+
+
+def member_specs(args, me, entries, key_sha256, public_line):
+    """The files ``me`` must hold (module_utils.cluster.layout), with their content: what the
+    cluster role writes, and what the audit compares a member's snapshot with."""
+    found = contents(args, me, entries, public_line)
+    specs = []
+    for spec in layout(args):
+        if spec["kind"] == "secret":
+            specs.append(dict(spec, sha256=key_sha256))
+        else:
+            specs.append(dict(spec, content=found[spec["path"]]))
+    return specs
+
+
+def key_sha256(private):
+    with open(private, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def expected_files(settings, hostvars, spec):
+    """``({host: files}, error)``: the files the cluster role would write on every member with
+    facts, as it would write them now (``settings``: its module options, checked against
+    ``spec``). The key pair is read, never made: a missing one makes every key file differ."""
+    checked = ArgumentSpecValidator(spec).validate(dict(settings))
+    if checked.error_messages:
+        return None, "; ".join(checked.error_messages)
+    args = checked.validated_parameters
+    try:
+        entries, dummy_left_out = members(args["hosts"], hostvars, args["slots"])
+        private, public_line, missing = ensure_key_pair(args["key_dir"], args["name"], create=False) \
+            if args["manage_keys"] else (None, None, False)
+        digest = key_sha256(private) if private and not missing else "0" * 64
+    except (ClusterConfigError, OSError) as exc:
+        return None, str(exc)
+    public_line = public_line or "ssh-ed25519 (no key pair on the controller) lockstep-cluster-%s" % args["name"]
+    return dict((m["inventory_name"], member_specs(args, m, entries, digest, public_line)) for m in entries), None

@@ -406,6 +406,9 @@ def render_requirements(lock, hashes=None, title=None):
     return "\n".join(out) + "\n"
 
 
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def find_lock(action, name):
     """Absolute controller path of the lock ``name`` (``action``: the ActionBase instance)."""
     if not name:
@@ -419,9 +422,13 @@ def find_lock(action, name):
     except AnsibleError:
         if os.path.isfile(name):
             return os.path.abspath(name)
+    # Last, the collection's own locks (lockfiles/...), wherever it is installed.
+    shipped = os.path.join(COLLECTION_ROOT, name)
+    if os.path.isfile(shipped):
+        return shipped
     raise AnsibleActionFail(
         "lockfile %s not found on the controller (searched the role's files/, the playbook "
-        "directory and the current directory %s)" % (name, os.getcwd()))
+        "directory, the current directory %s and the collection %s)" % (name, os.getcwd(), COLLECTION_ROOT))
 
 
 def read_lock(action, name):

@@ -20,6 +20,7 @@ import json
 import re
 from collections import Counter
 
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import AccessError, plan_from
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import family, parse_library_version
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
     canonicalize_name,
@@ -30,7 +31,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import gpu_reason, python_version_reason
 
 
-CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke")
+CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke", "cluster_files")
 
 
 def version_matches(installed, entry):
@@ -119,6 +120,39 @@ def check_uv(uv, wanted):
     return []
 
 
+def uv_install_findings(section):
+    """What the uv role's own check (re-hashing bin/uv and bin/uvx against what the install
+    recorded, ``uv --version``, the links) says of a host, from the probe's uv answer."""
+    if not section:
+        return []
+    if section.get("error"):
+        return ["the uv install could not be checked: %s" % section["error"]]
+    result = section.get("result") or {}
+    if result.get("failed"):
+        return ["the uv install could not be checked: %s" % result.get("msg")]
+    if result.get("changed"):
+        return ["the uv install is not what the uv role made: %s" % (result.get("msg") or "it would change")]
+    return []
+
+
+def cluster_file_findings(plan):
+    """What differs from the files the cluster role would write (``plan``: module_utils.cluster
+    plan_from() of the expected files against the probe's snapshot), and an earlier cluster
+    user that still holds the key."""
+    if plan is None:
+        return []
+    if plan.get("error"):
+        return [plan["error"]]
+    if not plan["user"].get("exists"):
+        return ["the cluster user %s does not exist" % plan["user"]["name"]]
+    found = ["%s: %s" % (entry["path"], "missing" if entry["action"] == "create" else ", ".join(entry["reasons"]))
+             for entry in plan["files"] if entry["action"] != "none"]
+    found += ["directory: %s" % change for change in plan["directories"]]
+    found += ["%s (an earlier cluster user) still holds the cluster key or its authorized_keys block" % name
+              for name in plan.get("stale_users") or []]
+    return found
+
+
 def integrity_findings(facts, changed=()):
     """File findings that belong to no installed package (a new ``.pth``, a ``bin/`` script, a
     removed package's files...), why the file check itself could not run, and how many files
@@ -165,14 +199,17 @@ def fingerprint(facts):
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=None):
+def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=None, uv_install=None,
+             cluster_files=None):
     """The drift report of one host: ``status`` (``ok`` | ``drift``), per-check findings and
     outcomes, counts, ``problems`` (one line per finding) and the fingerprint.
 
     ``ok`` means every check that was expected to run ran and passed: a verdict of unknown,
     or a smoke test that did not run although asked for, is drift with its reason. ``cluster``:
     this host's entry in the cluster smoke verdict when that launch covered it (then it is the
-    host's smoke test: one launch per audit).
+    host's smoke test: one launch per audit). ``uv_install``: the probe's uv answer (the uv role's
+    own check); ``cluster_files``: the cluster files compared with what the cluster role would
+    write (module_utils.cluster.plan_from), None when not asked.
     """
     python = facts.get("python") or {}
     expected = expected_packages(lock, python.get("marker_environment"))
@@ -187,12 +224,14 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
         "files": files,
         "gpu": gpu_packages(facts["distributions"]),
         "python": check_python(python, lock),
-        "uv": check_uv(facts.get("uv") or {}, uv_version),
+        "uv": check_uv(facts.get("uv") or {}, uv_version) + uv_install_findings(uv_install),
+        "cluster_files": cluster_file_findings(cluster_files),
     }
     # The integrity check fails for those too (JUnit), the problems name them once, as packages.
     also = ["%d file(s) of the packages reported above differ from the manifest" % explained] if explained else []
-    checks = check_outcomes(facts, drift, integrity_errors + also, uv_checked=bool(uv_version),
-                            mpi_expected="mpi4py" in expected, smoke_test=smoke_test, cluster=cluster)
+    checks = check_outcomes(facts, drift, integrity_errors + also, uv_checked=bool(uv_version or uv_install),
+                            mpi_expected="mpi4py" in expected, smoke_test=smoke_test, cluster=cluster,
+                            files_checked=cluster_files is not None)
     problems = []
     if not facts["venv"]["exists"]:
         problems.append("venv %s does not exist" % facts["venv"]["path"])
@@ -207,6 +246,7 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
     problems += ["GPU package %s==%s: %s" % (g["name"], g["version"], g["reason"]) for g in drift["gpu"]]
     problems += ["python: %s" % r for r in drift["python"]]
     problems += ["uv: %s" % r for r in drift["uv"]]
+    problems += ["cluster file %s" % r for r in drift["cluster_files"]]
     mpi = facts.get("mpi") or {}
     if checks["mpi_abi"]["outcome"] == "fail":
         problems += ["mpi: %s" % r for r in checks["mpi_abi"]["reasons"]]
@@ -278,7 +318,8 @@ def _outcome(failures):
     return {"outcome": "fail" if failures else "pass", "message": "; ".join(failures), "reasons": list(failures)}
 
 
-def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True, smoke_test=True, cluster=None):
+def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True, smoke_test=True, cluster=None,
+                   files_checked=False):
     """Per check (CHECKS): ``{"outcome": pass|fail|skip, "message": …}`` for junit and tables.
     ``skip`` only for a check nobody asked for; one that could not run when asked is ``fail``."""
     integrity = facts.get("integrity") or {}
@@ -305,6 +346,8 @@ def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True
         else {"outcome": "skip", "message": "no uv_version to compare with"},
         "mpi_abi": abi,
         "mpi_smoke": smoke,
+        "cluster_files": _outcome(drift["cluster_files"]) if files_checked
+        else {"outcome": "skip", "message": "the cluster role's settings were not given"},
     }
 
 
@@ -703,7 +746,7 @@ def host_status(probe, report):
 
 
 def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, ignore=(), uv_version=None,
-          smoke_test=True):
+          smoke_test=True, expected_files=None):
     """The whole verdict of an audit, computed in one place.
 
     ``probes``: host -> the registered probe result (None when the host left the play);
@@ -712,6 +755,7 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
     probe's facts, judged against the lock; the cluster launch is its smoke test when it covered
     the host), its status and the one cross-host comparison; then the cluster verdict. A launch
     that was asked for across several hosts and did not happen fails the cluster, with why.
+    ``expected_files``: host -> the files the cluster role would write there (None: not compared).
     Returns everything the reports and the task result show."""
     facts = dict((h, probes[h]["validate"] if checked(probes.get(h)) else None) for h in hosts)
     launch = next((r for r in launches if r and r.get("launched")), None)
@@ -723,7 +767,10 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
             continue
         entry = (smoke_part or {}).get("hosts", {}).get(host)
         report = dict(facts[host])
-        report.update(evaluate(lock, facts[host], ignore, uv_version, smoke_test, cluster=entry))
+        report.update(evaluate(lock, facts[host], ignore, uv_version, smoke_test, cluster=entry,
+                               uv_install=probes[host].get("uv"),
+                               cluster_files=_cluster_plan(probes[host].get("cluster"), (expected_files or {}).get(host),
+                                                           expected_files is not None)))
         report["lock"] = lock_info
         reports[host] = report
     statuses = dict((h, host_status(probes.get(h), reports[h])) for h in hosts)
@@ -758,6 +805,20 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
         "problems": problem_lines(hosts, statuses, reports, the_gate, smoke_part)
         + (["cluster smoke test %s" % smoke_missing] if smoke_missing else []),
     }
+
+
+def _cluster_plan(section, specs, asked):
+    """The cluster files of a host against what the cluster role would write (None: not asked)."""
+    if not asked:
+        return None
+    if not section or section.get("error") or specs is None:
+        why = (section or {}).get("error") or ("no snapshot of the cluster files" if specs is not None
+                                               else "no expected files (the host has no facts)")
+        return {"error": "could not be checked: %s" % why}
+    try:
+        return plan_from(specs, section["snapshot"])
+    except AccessError as exc:
+        return {"error": str(exc)}
 
 
 def problem_lines(hosts, statuses, reports, the_gate, smoke_part):

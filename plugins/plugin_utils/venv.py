@@ -53,7 +53,8 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
     PylockSelectError,
     PylockValidationError,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock, render_requirements
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock, read_lock, render_requirements
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, format_violations
 
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
@@ -562,3 +563,29 @@ class Airgap(object):
         return record_built(self.cache, BUILT, self.group, tag, built["filename"], data, {
             "builder": self.host, "sdist": sdist_name, "sdist_sha256": digest, "build_seconds": built["seconds"],
             "build_variables": build["env"], "python": plan["wheelhouse"]["platform"]})
+
+
+def sync_lock(lock, overrides=None):
+    """``(text or None, sha256)`` the host syncs: the lock file itself, or its requirements
+    rendering (always for a pylock: one host code path, no index URL needed on the host; and
+    whenever a built wheel's hash replaces the lock's)."""
+    if lock.format == "requirements" and not overrides:
+        return None, lock.sha256
+    text = render_requirements(lock, overrides, title=os.path.basename(lock.path))
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prepare(action, args, task_vars):
+    """The controller's part before any host is asked, shared by the venv role's action and the
+    probe (so both ask the host the same thing): the lock found, parsed and policed, the
+    wheelhouse's choices, and the sha256 of what the host will sync."""
+    path, lock = read_lock(action, args["lockfile"])
+    violations = check_policy(lock, cpu_only=args["cpu_only"])
+    if violations:
+        raise AnsibleActionFail(format_violations(violations))
+    airgap = Airgap(action, args, lock, task_vars) if args["wheelhouse"] else None
+    text, sha = sync_lock(lock, airgap.built_overrides() if airgap else {})
+    overrides = {"lockfile": path, "lockfile_sha256": sha}
+    if airgap:
+        overrides.update(airgap.module_overrides())
+    return {"path": path, "lock": lock, "airgap": airgap, "text": text, "module_overrides": overrides}

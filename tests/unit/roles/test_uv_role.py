@@ -44,7 +44,7 @@ def test_install_converge_and_rebuild_a_broken_uv(tmp_path):
     assert stats["failures"] == 0, task
     assert stats["changed"] == 1 and task["install"] == "not installed"
     assert uv_version(tmp_path) == ["uv", VERSION]
-    assert tasks["Expose the uv path"]["ansible_facts"]["uv_executable"] == str(tmp_path / "bin" / "uv")
+    assert task["ansible_facts"]["uv_executable"] == str(tmp_path / "bin" / "uv")
 
     stats, task = play(tmp_path)
     assert stats["changed"] == 0 and stats["failures"] == 0, task

@@ -38,7 +38,9 @@ def audit(tmp_path):
         fake = bindir / "uv"
         fake.write_text("#!/bin/sh\necho '%s'\n" % uv_says)
         fake.chmod(0o755)
+        # The venv only: this controller has no uv role install and no cluster to compare with.
         variables = {"validate_venv": store.path, "validate_lockfile": store.lockfile, "validate_mpi": False,
+                     "validate_roles": [],
                      "validate_report_dir": str(tmp_path / "reports"), "validate_run_id": "run",
                      "ansible_connection": "local", "ansible_become": False,
                      "ansible_python_interpreter": sys.executable}

@@ -1,4 +1,4 @@
-"""Controller half of cluster_setup (plugins/action/cluster_setup.py) with a stubbed host: a
+"""plugins/action/cluster.py with a stubbed host: a
 converged host costs one module run, the key travels only when the host's copy differs and
 never in module arguments, a missing user is created with ansible.builtin.user, check mode
 only looks."""
@@ -10,6 +10,8 @@ import pytest
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.lockstep.cluster.plugins.action.cluster import ActionModule
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe
 
 ED = "AAAAC3NzaC1lZDI1NTE5AAAAIPMtzzceoT92UYFfm8Dz7MRg/pDFhw4jtjeA1nY+MIgj"
 USER = {"name": "bench", "exists": True, "uid": 1000, "gid": 1000, "group": "bench", "home": "/home/bench"}
@@ -147,3 +149,65 @@ def test_a_host_without_facts_cannot_join(tmp_path):
     assert result["left_out"] == ["lab-3"] and "lab-3" in result["warnings"][0]
     with pytest.raises(AnsibleActionFail, match="lab-3 is not a member with facts"):
         plugin.run(task_vars={"hostvars": hostvars(), "inventory_hostname": "lab-3"})
+
+
+def snapshot_of(specs, user=None, differs=()):
+    """What the probe would report of a member holding exactly ``specs`` (but ``differs``)."""
+    user = dict(user or USER)
+    files, dirs = {}, {}
+    for spec in specs:
+        owner = (user["uid"], user["gid"]) if spec.get("owner") == "user" else (0, 0)
+        state = {"exists": True, "symlink": False, "mode": int(spec.get("mode") or "0644", 8),
+                 "uid": owner[0], "gid": owner[1]}
+        key = {"file": "text", "block": "block", "secret": "sha256"}[spec["kind"]]
+        state[key] = spec.get("content", spec.get("sha256"))
+        if spec["path"] in differs:
+            state[key] = "someone else's"
+        files[spec["path"]] = state
+        directory = "/home/bench/.ssh" if spec.get("home") else spec["path"].rsplit("/", 1)[0]
+        dirs[directory] = {"exists": True, "ok": True}
+    return {"user": user, "files": files, "directories": dirs, "stale_users": []}
+
+
+def probed(plugin, snapshot):
+    params, error = settings("cluster", plugin._task.args)
+    assert error is None, error
+    return {probe.FACT: {"run": probe.run_id(), "sections": {
+        "cluster": {"digest": digest("cluster", params), "snapshot": snapshot}}}}
+
+
+def run_probed(plugin, snapshot):
+    facts = probed(plugin, snapshot)
+    vars_ = hostvars()
+    vars_["lab-1"]["ansible_facts"].update(facts)
+    return plugin.run(task_vars={"hostvars": vars_, "inventory_hostname": "lab-1", "ansible_facts": facts})
+
+
+def test_this_runs_probe_snapshot_is_compared_here_without_a_round_trip(tmp_path):
+    first = Host()
+    run(action(tmp_path, first))
+    specs = first.calls[0][1]["files"]
+    host = Host()
+    result = run_probed(action(tmp_path, host), snapshot_of(specs))
+    assert host.calls == [] and result["changed"] is False and result["changes"] == []
+
+
+def test_a_difference_in_the_snapshot_is_written_with_one_module_run(tmp_path):
+    first = Host()
+    run(action(tmp_path, first))
+    specs = first.calls[0][1]["files"]
+    host = Host()
+    result = run_probed(action(tmp_path, host), snapshot_of(specs, differs=["/etc/lockstep/hostfile"]))
+    assert [c[1].get("stage") for c in host.calls] == ["apply"] and result["changed"]
+    assert result["changes"] == ["update /etc/lockstep/hostfile (content)"]
+    assert result["ansible_facts"][probe.CHANGED]["roles"] == ["cluster"]
+
+
+def test_an_earlier_cluster_user_is_named_and_cleaned(tmp_path):
+    first = Host()
+    run(action(tmp_path, first))
+    snapshot = dict(snapshot_of(first.calls[0][1]["files"]), stale_users=["olduser"])
+    host = Host()
+    result = run_probed(action(tmp_path, host), snapshot)
+    assert "take the cluster key and blocks back from olduser (an earlier cluster user)" in result["changes"]
+    assert host.calls[-1][1]["stale_users"] == ["olduser"]

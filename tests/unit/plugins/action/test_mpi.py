@@ -1,4 +1,4 @@
-"""plugins/action/mpi_select.py with a stubbed ``_execute_module``: a converged host costs one
+"""plugins/action/mpi.py with a stubbed ``_execute_module``: a converged host costs one
 module run, missing packages cost an install and a second run, check mode installs nothing."""
 
 import os
@@ -9,6 +9,8 @@ import pytest
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.lockstep.cluster.plugins.action.mpi import ActionModule, MODULE
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe
 
 RUNTIME = {"flavor": "mpich", "version": "4.0.2", "consistent": True, "env": {"MPI4PY_MPIABI": "mpich"}}
 ARGS = {"flavor": "mpich", "packages": ["mpich", "libmpich-dev"], "alternatives": ["mpi", "mpirun"]}
@@ -109,3 +111,25 @@ def test_bad_arguments_fail_without_a_round_trip():
     with pytest.raises(AnsibleActionFail, match="value of flavor must be one of: openmpi, mpich"):
         make_action(host, dict(ARGS, flavor="intel")).run(task_vars={})
     assert host.calls == []
+
+
+def probed(args, result):
+    params, error = settings("mpi", args)
+    assert error is None, error
+    return {"ansible_facts": {probe.FACT: {"run": probe.run_id(), "sections": {
+        "mpi": {"digest": digest("mpi", params), "result": result}}}}}
+
+
+def test_this_runs_probe_answers_a_converged_host_and_exposes_the_runtime():
+    host = Host()
+    result = make_action(host).run(task_vars=probed(ARGS, {"changed": False, "runtime": RUNTIME}))
+    assert host.calls == [] and result["changed"] is False
+    assert result["ansible_facts"] == {"mpi_runtime": RUNTIME}
+
+
+def test_a_switch_the_probe_saw_is_applied_with_one_run_and_marks_the_host():
+    would = {"changed": True, "missing_packages": [], "runtime": RUNTIME, "alternatives": [{}]}
+    host = Host(dict(would, needs=[]))
+    result = make_action(host).run(task_vars=probed(ARGS, would))
+    assert host.modules() == [MODULE] and result["changed"]
+    assert result["ansible_facts"][probe.CHANGED]["roles"] == ["mpi"]

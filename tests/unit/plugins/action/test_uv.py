@@ -1,4 +1,4 @@
-"""plugins/action/uv_install.py with a stubbed ``_execute_module``: how many host round trips
+"""plugins/action/uv.py with a stubbed ``_execute_module``: how many host round trips
 each situation costs, and that check mode installs and pushes nothing."""
 
 import hashlib
@@ -11,6 +11,8 @@ from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
 
 from ansible_collections.lockstep.cluster.plugins.action.uv import ActionModule, MODULE
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe
 
 HASH = "a" * 64
 
@@ -193,3 +195,39 @@ def test_a_failing_module_is_returned_as_is(tmp_path):
     host = Host({"failed": True, "msg": "pip could not install uv==0.13.9: pip exited 1", "needs": []})
     result = make_action(venv_args(), host, tmp_path).run(task_vars={})
     assert host.modules() == [MODULE] and result["failed"] and result["msg"].startswith("pip could not")
+
+
+def probed(args, result):
+    """task_vars holding this run's probe answer for ``args``."""
+    params, error = settings("uv", args)
+    assert error is None
+    return {"ansible_facts": {probe.FACT: {"run": probe.run_id(), "sections": {
+        "uv": {"digest": digest("uv", params), "result": result}}}}}
+
+
+CONVERGED = {"changed": False, "uv": "/usr/local/bin/uv", "version": "0.13.9", "needs": [], "missing_packages": []}
+
+
+def test_this_runs_probe_answers_a_converged_host_without_a_round_trip(tmp_path):
+    host = Host()
+    result = make_action(venv_args(), host, tmp_path).run(task_vars=probed(venv_args(), CONVERGED))
+    assert host.calls == [] and result["changed"] is False
+    assert result["ansible_facts"] == {"uv_executable": "/usr/local/bin/uv"}
+
+
+def test_check_mode_predicts_from_the_probe_and_a_real_run_applies(tmp_path):
+    would = dict(CONVERGED, changed=True, install="bin/uv modified", msg="would rebuild uv 0.13.9")
+    host = Host()
+    predicted = make_action(venv_args(), host, tmp_path, check_mode=True).run(task_vars=probed(venv_args(), would))
+    assert host.calls == [] and predicted["changed"] and predicted["msg"] == "would rebuild uv 0.13.9"
+    host = Host(dict(would, msg="rebuilt uv 0.13.9"))
+    done = make_action(venv_args(), host, tmp_path).run(task_vars=probed(venv_args(), would))
+    assert host.modules() == [MODULE] and done["changed"]
+    # Later roles and the audit must ask this host again.
+    assert done["ansible_facts"][probe.CHANGED]["roles"] == ["uv"]
+
+
+def test_an_answer_to_other_options_is_not_reused(tmp_path):
+    host = Host(CONVERGED)
+    make_action(venv_args(version="0.13.8"), host, tmp_path).run(task_vars=probed(venv_args(), CONVERGED))
+    assert host.modules() == [MODULE]

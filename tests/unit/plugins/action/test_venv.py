@@ -1,4 +1,4 @@
-"""Controller half of uv_sync (plugins/action/uv_sync.py) with a stubbed host: how many module
+"""plugins/action/venv.py with a stubbed host: how many module
 runs a converged, a changing and a check-mode sync cost, and what is refused before the host
 is asked anything."""
 
@@ -10,6 +10,9 @@ from ansible.errors import AnsibleActionFail
 from ansible.parsing.dataloader import DataLoader
 
 from ansible_collections.lockstep.cluster.plugins.action.venv import ActionModule
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import prepare
 
 from helpers import lock_text
 
@@ -156,3 +159,40 @@ def test_a_failed_plan_is_returned_as_the_hosts_error(tmp_path):
     result = action(tmp_path, host).run(task_vars={})
     assert result["failed"] is True and "python9" in result["msg"]
     assert len(host.calls) == 1
+
+
+def probed(plugin, answer):
+    """task_vars with this run's probe answer to exactly what ``plugin`` will ask (the lock's
+    sha256 worked out on the controller as the probe's action plugin does)."""
+    params, error = settings("venv", plugin._task.args)
+    assert error is None, error
+    prepared = prepare(plugin, params, {})
+    asked, error = settings("venv", dict(plugin._task.args, **prepared["module_overrides"]))
+    return {"ansible_facts": {probe.FACT: {"run": probe.run_id(), "sections": {
+        "venv": {"digest": digest("venv", asked), "result": answer}}}}}
+
+
+def test_this_runs_probe_answers_a_converged_venv_without_a_round_trip(tmp_path):
+    host = Host()
+    plugin = action(tmp_path, host)
+    result = plugin.run(task_vars=probed(plugin, plan("none")))
+    assert host.calls == [] and host.pushed == [] and result["changed"] is False
+    assert result["ansible_facts"]["venv_current"] == "/s/v-1" and probe.CHANGED not in result["ansible_facts"]
+
+
+def test_a_probe_that_saw_drift_goes_straight_to_the_apply(tmp_path):
+    applied = plan("build", stage="apply", changed=True, after={"alpha": "1.0", "beta": "2.0"}, built=True, pruned=[])
+    host = Host(applied)
+    plugin = action(tmp_path, host)
+    result = plugin.run(task_vars=probed(plugin, plan("build", before={"alpha": "0.9"})))
+    assert [c[1]["stage"] for c in host.calls] == ["apply"] and result["changed"]
+    assert result["ansible_facts"][probe.CHANGED]["roles"] == ["venv"]
+
+
+def test_another_lock_than_the_probe_asked_about_is_asked_again(tmp_path):
+    host = Host(plan("none"))
+    plugin = action(tmp_path, host)
+    task_vars = probed(plugin, plan("none"))
+    (tmp_path / "lock.txt").write_text(LOCK.replace("gamma==3.0", "gamma==3.1"))
+    plugin.run(task_vars=task_vars)
+    assert [c[1]["stage"] for c in host.calls] == ["plan"]

@@ -138,3 +138,45 @@ def test_missing_user(tmp_path, home):
     assert ca.plan(dict(params(tmp_path), user="nobody-here"))["user"]["exists"] is False
     with pytest.raises(ca.AccessError, match="does not exist"):
         ca.apply(dict(params(tmp_path), user="nobody-here"))
+
+
+def test_the_probe_snapshot_carries_only_what_is_ours_and_plans_like_the_host(tmp_path, home):
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "config").write_text("Host *\n    IdentityAgent /run/secret-agent\n")
+    snap = ca.snapshot_of(specs(tmp_path), "bench")
+    assert "secret-agent" not in repr(snap)  # the user's own lines never leave the host
+    assert snap["files"][".ssh/config"]["block"] is None
+    assert [e["action"] for e in ca.plan_from(specs(tmp_path), snap)["files"]] == \
+        [e["action"] for e in ca.plan(params(tmp_path))["files"]]
+    ca.apply(params(tmp_path, push(tmp_path)))
+    snap = ca.snapshot_of(specs(tmp_path), "bench")
+    assert snap["files"][".ssh/config"]["block"] == BLOCK
+    assert snap["files"][".ssh/id_lockstep"]["sha256"] == hashlib.sha256(SECRET).hexdigest()
+    assert "fake" not in repr(snap)  # the key itself never travels
+    assert set(e["action"] for e in ca.plan_from(specs(tmp_path), snap)["files"]) == {"none"}
+
+
+class Entry(object):
+    def __init__(self, name, home):
+        self.pw_name, self.pw_dir = name, home
+
+
+def test_an_earlier_cluster_user_is_found_and_cleaned_keeping_its_own_lines(tmp_path, home, monkeypatch):
+    old = tmp_path / "old"
+    (old / ".ssh").mkdir(parents=True)
+    (old / ".ssh" / "id_lockstep").write_bytes(SECRET)
+    (old / ".ssh" / "authorized_keys").write_text("ssh-ed25519 MINE me@laptop\n" + BLOCK)
+    (old / ".ssh" / "config").write_text(BLOCK + "Host *\n    ServerAliveInterval 30\n")
+    plain = tmp_path / "plain"
+    (plain / ".ssh").mkdir(parents=True)
+    (plain / ".ssh" / "authorized_keys").write_text("ssh-ed25519 OTHER x@y\n")
+    entries = [Entry("bench", str(home)), Entry("olduser", str(old)), Entry("plain", str(plain))]
+    monkeypatch.setattr(ca.pwd, "getpwall", lambda: entries)
+    monkeypatch.setattr(ca.pwd, "getpwnam", lambda name: next(e for e in entries if e.pw_name == name))
+    assert ca.holders("bench") == ["olduser"]
+    done = ca.clean_user("olduser")
+    assert sorted(os.path.basename(p) for p in done) == ["authorized_keys", "config", "id_lockstep"]
+    assert not (old / ".ssh" / "id_lockstep").exists()
+    assert (old / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 MINE me@laptop\n"
+    assert (old / ".ssh" / "config").read_text() == "Host *\n    ServerAliveInterval 30\n"
+    assert ca.holders("bench") == [] and (plain / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 OTHER x@y\n"

@@ -690,3 +690,59 @@ def test_nothing_installed_in_check_mode_is_not_an_error(host):
     assert "failed" not in result and result["changed"]
     assert result["runtime"]["installed"] is False and result["msg"] == "openmpi is not installed yet"
     assert textwrap.dedent(result["runtime"]["problems"][0]).endswith("mpiexec not found")
+
+
+# Where each flavor lives per OS family (the RHEL family is unit-tested only: no image here).
+
+@pytest.mark.parametrize("flavor, packages", [
+    ("openmpi", ["openmpi", "openmpi-devel"]),
+    ("mpich", ["mpich", "mpich-devel"]),
+])
+def test_rhel_layout(flavor, packages):
+    found = m.layout(flavor, "RedHat", "x86_64")
+    assert found["packages"] == packages and found["alternatives"] == [] and found["abi_link"] is False
+    assert found["bin_dir"] == "/usr/lib64/%s/bin" % flavor and found["libdir"] == "/usr/lib64/%s/lib" % flavor
+    # The login profile the module writes (the flavor lives off PATH on this family).
+    assert "module load mpi/%s-x86_64 " % flavor in found["profile_content"]
+    assert found["profile_content"].endswith("fi\n")
+    assert found["os_env"] == {"MPI_BIN": "/usr/lib64/%s/bin" % flavor, "MPI_HOME": "/usr/lib64/%s" % flavor,
+                               "MPI_LIB": "/usr/lib64/%s/lib" % flavor, "LD_LIBRARY_PATH": "/usr/lib64/%s/lib" % flavor}
+    # What the module hands the venv on such a host.
+    env = m.runtime_env(flavor, "x", "%s/%s" % (found["libdir"], m.SONAMES[flavor]), found["os_env"])
+    assert env["MPI4PY_LIBMPI"] == "/usr/lib64/%s/lib/%s" % (flavor, m.SONAMES[flavor])
+    assert env["MPI_BIN"] == "/usr/lib64/%s/bin" % flavor
+
+
+def test_rhel_aarch64_module_name():
+    assert "module load mpi/openmpi-aarch64 " in m.layout("openmpi", "RedHat", "aarch64")["profile_content"]
+
+
+@pytest.mark.parametrize("flavor, packages", [
+    ("openmpi", ["openmpi-bin", "libopenmpi-dev"]),
+    ("mpich", ["mpich", "libmpich-dev"]),
+])
+def test_debian_layout(flavor, packages):
+    found = m.layout(flavor, "Debian", "x86_64")
+    assert found["packages"] == packages
+    assert found["profile_content"] == ""  # alternatives select the flavor
+    assert found["alternatives"] == ["mpi", "mpirun", "mpi-x86_64-linux-gnu"]
+    assert found["libdir"] == "/usr/lib/x86_64-linux-gnu" and found["bin_dir"] == "/usr/bin"
+    assert found["abi_link"] is True
+
+
+def test_debian_without_dev_packages_only_pins_mpirun():
+    found = m.layout("mpich", "Debian", "x86_64", install_dev=False, extra=["libfabric1"])
+    assert found["packages"] == ["mpich", "libfabric1"] and found["alternatives"] == ["mpirun"]
+
+
+def test_debian_aarch64_multiarch():
+    found = m.layout("openmpi", "Debian", "aarch64")
+    assert found["libdir"] == "/usr/lib/aarch64-linux-gnu" and found["alternatives"][-1] == "mpi-aarch64-linux-gnu"
+
+
+def test_given_values_win_over_the_layout():
+    params = dict((k, v.get("default")) for k, v in m.ARGUMENT_SPEC.items())
+    params.update(flavor="mpich", libdir="/opt/mpi/lib", packages=[])
+    resolved = m.resolve(params, {"os_family": "RedHat", "architecture": "x86_64"})
+    assert resolved["libdir"] == "/opt/mpi/lib" and resolved["packages"] == []
+    assert resolved["bin_dir"] == "/usr/lib64/mpich/bin"

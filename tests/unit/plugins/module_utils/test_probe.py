@@ -140,3 +140,62 @@ def test_read_only(lab):
     before = snapshot()
     run(lab)
     assert snapshot() == before
+
+
+class FakeModule(object):
+    """What the fact collectors need of an AnsibleModule."""
+    _diff = False
+
+    def run_command(self, args, **_kw):
+        import subprocess
+        done = subprocess.run(args if isinstance(args, list) else args.split(), capture_output=True, text=True)
+        return done.returncode, done.stdout, done.stderr
+
+    def get_bin_path(self, name, *_a, **_kw):
+        return shutil.which(name)
+
+
+def test_one_run_answers_every_section_and_the_venv_gets_this_runs_mpi_env(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(probe.uv, "run", lambda p, check, diff, facts: calls.setdefault("uv", (p, check)) and
+                        {"changed": False, "seen": "uv"})
+    monkeypatch.setattr(probe.mpi, "run", lambda p, check, diff, facts: calls.setdefault("mpi", (p, check)) and
+                        {"changed": False, "runtime": {"env": {"MPI4PY_MPIABI": "openmpi"}}})
+    monkeypatch.setattr(probe.venv, "run", lambda p, check, env, facts: calls.setdefault("venv", (p, check)) and
+                        {"action": "none"})
+    monkeypatch.setattr(probe.cluster, "snapshot", lambda p: calls.setdefault("cluster", (p, True)) and {"user": {}})
+    out = probe.run({"uv": {"version": "0.13.9"}, "mpi": {"flavor": "openmpi"},
+                     "venv": {"lockfile": "/l", "uv": "/u", "path": "/opt/v", "store": "/opt/s"},
+                     "cluster": {"user": "bench", "hosts": ["a"], "name": "c"}}, dict(os.environ), FakeModule())
+    assert out["facts"]["os_family"] and "architecture" in out["facts"]
+    assert all(check for dummy, check in calls.values())  # every role asked in check mode: read-only
+    assert calls["venv"][0]["mpi_env"] == {"MPI4PY_MPIABI": "openmpi"} and calls["venv"][0]["stage"] == "plan"
+    assert calls["cluster"][0] == {"user": "bench", "hostfile": "/etc/lockstep/hostfile", "manage_keys": True,
+                                   "manage_known_hosts": True}
+    assert set(out) == {"facts", "uv", "mpi", "venv", "cluster"} and out["uv"]["result"] == {"changed": False, "seen": "uv"}
+    # The digest is over what the host was asked, with the MPI env the venv got.
+    params, error = probe.settings("venv", dict(calls["venv"][0], stage="apply"))
+    assert error is None and out["venv"]["digest"] == probe.digest("venv", params)
+
+
+def test_a_section_that_cannot_be_answered_says_why_and_the_others_still_are(monkeypatch):
+    monkeypatch.setattr(probe.mpi, "run", lambda *a: {"changed": False, "runtime": {}})
+    out = probe.run({"uv": {"version": "0.13.9", "method": "bogus"}, "mpi": {"flavor": "openmpi"}},
+                    dict(os.environ), FakeModule())
+    assert out["uv"]["error"].startswith("uv: value of method must be one of")
+    assert out["mpi"]["result"] == {"changed": False, "runtime": {}}
+
+
+def test_secret_options_are_known_to_the_module_for_masking():
+    found = probe.secrets({"venv": {"index_url": "https://ci:s3cret@index.example/simple",
+                                    "extra_index_urls": ["https://x:y@index.example/e"]},
+                           "uv": {"pip_index_url": "https://p:q@index.example/p"}})
+    assert found == {"https://ci:s3cret@index.example/simple", "https://x:y@index.example/e",
+                     "https://p:q@index.example/p"}
+
+
+def test_the_digest_ignores_what_the_host_is_not_asked_and_sees_everything_else():
+    base, dummy = probe.settings("venv", {"lockfile": "/l", "uv": "/u", "path": "/p", "store": "/s"})
+    same = dict(base, stage="apply", wheelhouse_cache="/elsewhere", remote_lockfile="/tmp/x")
+    assert probe.digest("venv", same) == probe.digest("venv", base)
+    assert probe.digest("venv", dict(base, verify_files=False)) != probe.digest("venv", base)

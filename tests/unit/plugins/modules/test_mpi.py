@@ -24,7 +24,7 @@ def _main(capsys, args):
 
 
 def test_main_describes_a_host_without_mpi_in_check_mode(tmp_path, capsys):
-    args = {"flavor": "openmpi", "alternatives": [], "abi_link": False, "bin_dir": str(tmp_path / "bin"),
+    args = {"flavor": "openmpi", "packages": [], "alternatives": [], "abi_link": False, "bin_dir": str(tmp_path / "bin"),
             "libdir": str(tmp_path / "lib"), "_ansible_check_mode": True}
     rc, out = _main(capsys, args)
     assert rc == 0 and out["changed"] is False and out["runtime"]["installed"] is False
@@ -32,7 +32,7 @@ def test_main_describes_a_host_without_mpi_in_check_mode(tmp_path, capsys):
 
 
 def test_main_fails_outside_check_mode_when_mpi_is_not_consistent(tmp_path, capsys):
-    args = {"flavor": "openmpi", "alternatives": [], "abi_link": False, "bin_dir": str(tmp_path / "bin"),
+    args = {"flavor": "openmpi", "packages": [], "alternatives": [], "abi_link": False, "bin_dir": str(tmp_path / "bin"),
             "libdir": str(tmp_path / "lib")}
     rc, out = _main(capsys, args)
     assert rc == 1 and out["failed"]

@@ -656,3 +656,51 @@ def test_checked_is_the_one_answer():
     assert not cv.checked(None) and not cv.checked({"unreachable": True, "validate": {}})
     assert not cv.checked({"failed": True, "validate": {}}) and not cv.checked({"validate": {"error": "boom"}})
     assert not cv.checked({"skipped": True})
+
+
+# What the provisioning roles would say of a host, from the probe (drift.yml's uv re-hash and
+# the cluster files against what the cluster role would write).
+
+def test_a_uv_the_uv_role_would_rebuild_is_drift_with_why():
+    section = {"digest": "d", "result": {"changed": True, "msg": "would rebuild uv 0.13.9 at /opt/lockstep/uv/0.13.9: "
+                                                                 "bin/uv modified (sha256 differs)"}}
+    report = validate.evaluate(parse_lock(LOCK, "lock.txt"), host_facts(copy.deepcopy(CLEAN)), uv_install=section)
+    assert report["status"] == "drift" and report["checks"]["uv"]["outcome"] == "fail"
+    assert report["problems"] == ["uv: the uv install is not what the uv role made: would rebuild uv 0.13.9 at "
+                                  "/opt/lockstep/uv/0.13.9: bin/uv modified (sha256 differs)"]
+    clean = validate.evaluate(parse_lock(LOCK, "lock.txt"), host_facts(copy.deepcopy(CLEAN)),
+                              uv_install={"result": {"changed": False}})
+    assert clean["status"] == "ok" and clean["checks"]["uv"]["outcome"] == "pass"
+
+
+def test_cluster_files_that_differ_are_drift_with_the_path_and_an_earlier_user_is_named():
+    plan = {"user": {"name": "bench", "exists": True}, "directories": [], "stale_users": ["olduser"],
+            "files": [{"path": "/etc/lockstep/hostfile", "action": "update", "reasons": ["content"]},
+                      {"path": "/home/bench/.ssh/known_hosts", "action": "create", "reasons": ["content"]},
+                      {"path": "/home/bench/.ssh/config", "action": "none", "reasons": []}]}
+    report = validate.evaluate(parse_lock(LOCK, "lock.txt"), host_facts(copy.deepcopy(CLEAN)), cluster_files=plan)
+    assert report["checks"]["cluster_files"]["outcome"] == "fail"
+    assert [p for p in report["problems"] if p.startswith("cluster file")] == [
+        "cluster file /etc/lockstep/hostfile: content", "cluster file /home/bench/.ssh/known_hosts: missing",
+        "cluster file olduser (an earlier cluster user) still holds the cluster key or its authorized_keys block"]
+    quiet = validate.evaluate(parse_lock(LOCK, "lock.txt"), host_facts(copy.deepcopy(CLEAN)))
+    assert quiet["checks"]["cluster_files"]["outcome"] == "skip"
+
+
+def test_judge_compares_each_members_snapshot_with_the_files_it_should_hold():
+    verdict_ok = recorded_verdict("ok")
+    assert all(r["checks"]["cluster_files"]["outcome"] == "skip" for r in verdict_ok["reports"].values())
+    case = load("ok")
+    probes, lock = fixture_probes(case)
+    spec = {"path": "/etc/lockstep/hostfile", "kind": "file", "owner": "root", "mode": "0644", "content": "a slots=1\n"}
+    state = {"exists": True, "symlink": False, "mode": 0o644, "uid": 0, "gid": 0, "text": "a slots=1\n"}
+    for host in HOSTS:
+        files = {"/etc/lockstep/hostfile": dict(state, text="b slots=9\n") if host == "lab-2" else dict(state)}
+        probes[host]["cluster"] = {"snapshot": {"user": {"name": "bench", "exists": True, "uid": 1000, "gid": 1000,
+                                                         "home": "/home/bench"},
+                                                "files": files, "stale_users": [],
+                                                "directories": {"/etc/lockstep": {"exists": True, "ok": True}}}}
+    verdict = cv.judge(HOSTS, probes, lock, {"path": "lock.txt"}, cluster_smoke=False, smoke_test=False,
+                       expected_files=dict((h, [spec]) for h in HOSTS))
+    assert verdict["drifted"] == ["lab-2"]
+    assert "lab-2: drift: cluster file /etc/lockstep/hostfile: content" in verdict["problems"]

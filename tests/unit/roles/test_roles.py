@@ -1,15 +1,16 @@
-"""roles/uv, roles/mpi, roles/venv: argument_specs match defaults exactly; uv and mpi are one\nmodule task each; uv and venv vars."""
+"""Every role: argument_specs match defaults exactly; each provisioning role is one module task that
+forwards its _<role>_settings (what the probe asks with); uv and venv vars."""
 
 import os
 
 import pytest
 import yaml
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, uv
+from ansible_collections.lockstep.cluster.plugins.module_utils import cluster, mpi, uv, venv
 
 from _role_vars import ROLES, render
 
-ROLE_NAMES = ("uv", "mpi", "venv")
+ROLE_NAMES = ("uv", "mpi", "venv", "cluster", "validate")
 
 
 def _yaml(role, path):
@@ -40,7 +41,7 @@ def test_rollback_entry_point_is_a_subset_of_main():
         assert spec == specs["main"]["options"][name]
 
 
-UV_FILES = ("defaults/main.yml", "vars/main.yml", "vars/Debian.yml")
+UV_FILES = ("defaults/main.yml", "vars/main.yml")
 
 
 def test_uv_known_version_has_hashes():
@@ -58,26 +59,39 @@ def _tasks(role):
     return _yaml(role, "tasks/main.yml")
 
 
-# role -> (its one module, the option of that module that its *_flavor/method choice feeds)
+# role -> (its one module, that module's spec, role choices that feed a module option)
 ONE_TASK = {
     "uv": ("lockstep.cluster.uv", uv.ARGUMENT_SPEC, {"uv_install_method": "method"}),
     "mpi": ("lockstep.cluster.mpi", mpi.ARGUMENT_SPEC, {"mpi_flavor": "flavor"}),
+    "venv": ("lockstep.cluster.venv", venv.ARGUMENT_SPEC, {"venv_mpi4py_mode": "mpi4py_mode"}),
+    "cluster": ("lockstep.cluster.cluster", cluster.ARGUMENT_SPEC, {}),
 }
+# Options a role never sets: the action plugin's, or left to the module's default.
+NOT_FROM_THE_ROLE = {"remote_archive", "timeout", "profile_path", "packages", "alternatives", "abi_link", "libdir",
+                     "bin_dir", "profile_content", "os_env", "stage", "lockfile_sha256", "remote_lockfile", "expected",
+                     "wheelhouse_incoming", "wheelhouse_files", "build", "previous", "files", "private_key_src",
+                     "stale_users"}
 
 
 @pytest.mark.parametrize("role", sorted(ONE_TASK))
-def test_role_is_vars_then_one_module_then_set_fact(role):
-    """One host round trip per role: include_vars and set_fact run on the controller."""
+def test_role_is_one_module_task_that_passes_its_settings_exactly(role):
+    """No include_vars, no set_fact: the role's task forwards _<role>_settings key for key, the
+    very dict lockstep.cluster.probe asks the host with, so their digests agree."""
     module, spec, _choices = ONE_TASK[role]
-    assert os.listdir(os.path.join(ROLES, role, "tasks")) == ["main.yml"]
-    tasks = _tasks(role)
-    actions = [next(k for k in task if "." in k and k not in ("ansible.builtin.when",)) for task in tasks]
-    assert actions == ["ansible.builtin.include_vars", module, "ansible.builtin.set_fact"]
-    args = tasks[1][module]
-    assert set(args) <= set(spec), set(args) - set(spec)
-    internal = {"remote_archive", "timeout", "profile_path"}
-    assert set(spec) - set(args) <= internal, set(spec) - set(args) - internal
-    assert not any("when" in task or "changed_when" in task or "failed_when" in task for task in tasks)
+    tasks = [t for t in _tasks(role) if module in t]
+    assert len(tasks) == 1
+    assert [next(k for k in t if "." in k) for t in _tasks(role)][-1] == module
+    args = tasks[0][module]
+    settings = _yaml(role, "vars/main.yml")["_%s_settings" % role]
+    assert args == dict((k, "{{ _%s_settings.%s }}" % (role, k)) for k in settings)
+    assert set(settings) <= set(spec), set(settings) - set(spec)
+    assert set(spec) - set(settings) <= NOT_FROM_THE_ROLE, set(spec) - set(settings) - NOT_FROM_THE_ROLE
+    assert not any("changed_when" in task or "failed_when" in task for task in _tasks(role))
+
+
+@pytest.mark.parametrize("role", sorted(ONE_TASK) + ["validate"])
+def test_every_role_has_a_settings_entry_point_without_tasks(role):
+    assert _yaml(role, "tasks/settings.yml") == []
 
 
 @pytest.mark.parametrize("role", sorted(ONE_TASK))
@@ -93,17 +107,21 @@ def test_role_files_name_no_download_host(role):
     for root, _dirs, names in os.walk(os.path.join(ROLES, role)):
         for name in names:
             with open(os.path.join(root, name)) as handle:
-                assert "://" not in handle.read(), os.path.join(root, name)
+                # Only the documentation's example host (index.example) may be named.
+                text = "".join(line for line in handle if "index.example" not in line)
+                assert "://" not in text, os.path.join(root, name)
 
 
 def test_uv_role_passes_secrets_only_when_set():
-    args = _tasks("uv")[1]["lockstep.cluster.uv"]
+    get = render("uv", UV_FILES)
     for option in ("pip_index_url", "archive_url", "archive_src", "archive_sha256", "ca_bundle"):
-        assert "default(omit, true)" in args[option], option
+        assert get("_uv_settings")[option] is None, option
+    assert render("uv", UV_FILES, uv_pip_index_url="https://u:t@index.example/simple")("_uv_settings")[
+        "pip_index_url"] == "https://u:t@index.example/simple"
     assert uv.ARGUMENT_SPEC["pip_index_url"]["no_log"] and uv.ARGUMENT_SPEC["archive_url"]["no_log"]
 
 
-PYENV_FILES = ("defaults/main.yml", "vars/main.yml", "vars/Debian.yml")
+PYENV_FILES = ("defaults/main.yml", "vars/main.yml")
 RUNTIME = {"flavor": "mpich", "version": "4.0.2", "mpicc": "/usr/bin/mpicc.mpich",
            "env": {"MPI4PY_MPIABI": "mpich"}}
 
@@ -122,12 +140,18 @@ def test_venv_source_mode_keys_the_build_to_the_mpi():
     assert other("_venv_build_variables") != get("_venv_build_variables")
 
 
-def test_venv_works_without_the_mpi_role():
-    get = render("venv", PYENV_FILES)
-    assert get("_venv_mpi_env") == {}
+def test_venv_without_the_mpi_role_leaves_the_mpi_env_to_the_probe():
+    # Unset (null): the probe fills it from its own mpi answer, the module alone uses none.
+    assert render("venv", PYENV_FILES)("_venv_mpi_env") is None
 
 
 def test_venv_default_lock_is_the_committed_mlperf_lock():
     get = render("venv", PYENV_FILES)
-    assert os.path.normpath(get("venv_lockfile")).endswith(os.path.join("lockfiles", "mlperf-storage-cpu.txt"))
-    assert os.path.exists(get("venv_lockfile"))
+    assert get("venv_lockfile") == "lockfiles/mlperf-storage-cpu.txt"
+    assert os.path.exists(os.path.join(ROLES, "..", get("venv_lockfile")))
+
+
+def test_venv_uses_the_uv_the_uv_role_links():
+    assert render("venv", PYENV_FILES)("venv_uv_executable") == "/usr/local/bin/uv"
+    assert render("venv", PYENV_FILES, uv_bin_dir="/opt/bin")("venv_uv_executable") == "/opt/bin/uv"
+    assert render("venv", PYENV_FILES, uv_executable="/x/uv")("venv_uv_executable") == "/x/uv"

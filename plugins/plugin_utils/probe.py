@@ -1,0 +1,74 @@
+# Copyright: lockstep.cluster maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The probe's answer on the controller: kept as the host's fact ``lockstep_probe`` for this run,
+reused by every role's action plugin (no host round trip when nothing differs) until a role
+changes the host, and by the audit.
+
+A run is this ansible-playbook process (its pid and start time): an answer from an earlier run,
+as a persistent fact cache would keep it, is never reused. Any change a lockstep role makes to
+a host marks that host (``lockstep_changed``), and from then on its roles and the audit ask the
+host again instead of trusting the earlier answer.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
+
+FACT = "lockstep_probe"
+CHANGED = "lockstep_changed"
+
+
+def _start_time(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (IOError, OSError, IndexError):
+        return "?"
+
+
+def run_id():
+    """This playbook run: the ansible-playbook process that forked the worker running the action."""
+    parent = os.getppid()
+    return "%d-%s" % (parent, _start_time(parent))
+
+
+def _fact(task_vars, name):
+    facts = task_vars.get("ansible_facts") or {}
+    return facts.get(name) if name in facts else task_vars.get(name)
+
+
+def changed_since(task_vars):
+    """Roles that changed this host in this run (after its probe)."""
+    marker = _fact(task_vars, CHANGED) or {}
+    return list(marker.get("roles") or []) if marker.get("run") == run_id() else []
+
+
+def current(task_vars):
+    """This host's probe answer of this run, or None (none yet, from another run, or a role
+    changed the host since)."""
+    answer = _fact(task_vars, FACT)
+    if not answer or answer.get("run") != run_id() or changed_since(task_vars):
+        return None
+    return answer
+
+
+def section(task_vars, name, given=None):
+    """A section of this run's answer, when it answers exactly these options (same digest);
+    else None and the caller asks the host itself."""
+    answer = current(task_vars)
+    found = (answer or {}).get("sections", {}).get(name)
+    if not found or found.get("error"):
+        return None
+    if given is not None:
+        params, error = settings(name, given)
+        if error or digest(name, params) != found.get("digest"):
+            return None
+    return found
+
+
+def changed_fact(task_vars, role):
+    """The fact a role returns when it changed the host: later roles and the audit ask again."""
+    roles = changed_since(task_vars) + [role]
+    return {CHANGED: {"run": run_id(), "roles": sorted(set(roles))}}
