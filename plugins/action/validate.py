@@ -21,6 +21,7 @@ ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
     lockfile=dict(type="path", required=True),
     cluster=dict(type="dict"),
+    roles=dict(type="list", elements="str", default=[], choices=["uv", "cluster"]),
     probe_var=dict(type="str", default="_validate_probe"),
     cluster_var=dict(type="str", default="_validate_cluster"),
     cluster_smoke=dict(type="bool", default=True),
@@ -62,7 +63,7 @@ class ActionModule(ActionBase):
         path, lock = read_lock(self, args["lockfile"])
         probes = dict((h, self._registered(hostvars, h, args["probe_var"])) for h in args["hosts"])
         launches = [self._registered(hostvars, h, args["cluster_var"]) for h in args["hosts"]]
-        expected = None
+        expected = {} if "cluster" in args["roles"] else None
         if args["cluster"]:
             # What the cluster role would write on each member now, compared with its snapshot.
             expected, error = cc.expected_files(args["cluster"], hostvars, CLUSTER_SPEC)
@@ -72,7 +73,8 @@ class ActionModule(ActionBase):
             verdict = validate.judge(
                 args["hosts"], probes, lock, {"path": path, "sha256": lock.sha256, "entries": len(lock.entries)},
                 launches, cluster_smoke=args["cluster_smoke"], ignore=args["ignore_packages"],
-                uv_version=args["uv_version"], smoke_test=args["smoke_test"], expected_files=expected)
+                uv_version=args["uv_version"], smoke_test=args["smoke_test"], expected_files=expected,
+                roles=args["roles"])
         except LockError as exc:  # markers that cannot be evaluated, or two pins apply
             raise AnsibleActionFail("the lock does not fit a host: %s" % to_native(exc))
         try:

@@ -64,6 +64,14 @@ options:
         compared with what that role would write now, from the probe's snapshot of them; an earlier
         cluster user that still holds the key is named.
     type: dict
+  roles:
+    description:
+      - The provisioning roles whose work is checked as those roles would (C(uv), C(cluster)). One whose answer the
+        probe does not carry (its settings were not loaded) is a failure with that reason, never a pass.
+    type: list
+    elements: str
+    choices: [uv, cluster]
+    default: []
   probe_var:
     description: Name of the variable each host registered its M(lockstep.cluster.probe) result in.
     type: str

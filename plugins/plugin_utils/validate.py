@@ -746,7 +746,7 @@ def host_status(probe, report):
 
 
 def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, ignore=(), uv_version=None,
-          smoke_test=True, expected_files=None):
+          smoke_test=True, expected_files=None, roles=()):
     """The whole verdict of an audit, computed in one place.
 
     ``probes``: host -> the registered probe result (None when the host left the play);
@@ -755,7 +755,9 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
     probe's facts, judged against the lock; the cluster launch is its smoke test when it covered
     the host), its status and the one cross-host comparison; then the cluster verdict. A launch
     that was asked for across several hosts and did not happen fails the cluster, with why.
-    ``expected_files``: host -> the files the cluster role would write there (None: not compared).
+    ``expected_files``: host -> the files the cluster role would write there (None: not compared);
+    ``roles``: the provisioning roles whose work was asked to be checked (uv, cluster): one the
+    probe could not check (its settings were not loaded) is a failure with that reason.
     Returns everything the reports and the task result show."""
     facts = dict((h, probes[h]["validate"] if checked(probes.get(h)) else None) for h in hosts)
     launch = next((r for r in launches if r and r.get("launched")), None)
@@ -767,8 +769,12 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
             continue
         entry = (smoke_part or {}).get("hosts", {}).get(host)
         report = dict(facts[host])
+        uv_answer = probes[host].get("uv")
+        if "uv" in roles and uv_answer is None:
+            uv_answer = {"error": "the uv role's settings were not loaded (playbooks import them with tasks_from: "
+                                  "settings; validate_roles: [] audits the venv only)"}
         report.update(evaluate(lock, facts[host], ignore, uv_version, smoke_test, cluster=entry,
-                               uv_install=probes[host].get("uv"),
+                               uv_install=uv_answer,
                                cluster_files=_cluster_plan(probes[host].get("cluster"), (expected_files or {}).get(host),
                                                            expected_files is not None)))
         report["lock"] = lock_info
@@ -812,8 +818,10 @@ def _cluster_plan(section, specs, asked):
     if not asked:
         return None
     if not section or section.get("error") or specs is None:
-        why = (section or {}).get("error") or ("no snapshot of the cluster files" if specs is not None
-                                               else "no expected files (the host has no facts)")
+        why = (section or {}).get("error") or (
+            "the cluster role's settings were not loaded (playbooks import them with tasks_from: settings; "
+            "validate_roles: [] audits the venv only)" if not section
+            else "no expected files (the host has no facts)")
         return {"error": "could not be checked: %s" % why}
     try:
         return plan_from(specs, section["snapshot"])
