@@ -704,3 +704,14 @@ def test_judge_compares_each_members_snapshot_with_the_files_it_should_hold():
                        expected_files=dict((h, [spec]) for h in HOSTS))
     assert verdict["drifted"] == ["lab-2"]
     assert "lab-2: drift: cluster file /etc/lockstep/hostfile: content" in verdict["problems"]
+
+
+def test_a_role_check_asked_for_and_not_loaded_fails_with_why():
+    case = load("ok")
+    probes, lock = fixture_probes(case)
+    verdict = cv.judge(HOSTS, probes, lock, {"path": "lock.txt"}, smoke_test=False, expected_files={},
+                       roles=["uv", "cluster"])
+    report = verdict["reports"]["lab-1"]
+    assert report["checks"]["uv"]["outcome"] == "fail" and report["checks"]["cluster_files"]["outcome"] == "fail"
+    assert "uv: the uv install could not be checked: the uv role's settings were not loaded" in report["problems"][0]
+    assert any("the cluster role's settings were not loaded" in p for p in report["problems"])
