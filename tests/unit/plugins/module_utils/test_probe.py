@@ -148,7 +148,8 @@ class FakeModule(object):
 
     def run_command(self, args, **_kw):
         import subprocess
-        done = subprocess.run(args if isinstance(args, list) else args.split(), capture_output=True, text=True)
+        done = subprocess.run(args if isinstance(args, list) else args.split(), capture_output=True, text=True,
+                              check=False)
         return done.returncode, done.stdout, done.stderr
 
     def get_bin_path(self, name, *_a, **_kw):
