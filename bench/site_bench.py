@@ -1,16 +1,21 @@
 """Controller: how site.yml, drift.yml and the cluster smoke test grow with hosts, on the SSH lab.
 
 Prints ratios, asserts nothing. For each lab size (3 = inventories/lab, bigger ones are
-generated under .cache/lab<N>/ and share the lab's network, key pair and containers):
+generated under .cache/lab<N>/ and share the lab's network, key pair and containers). Runs are
+paired: each round runs every play once, back to back, and a ratio is the median of the
+rounds' ratios (a busy moment slows both sides of a pair).
 
   site      converged site.yml            vs  a one-task play (ping) on the same hosts
-  provision converged site.yml --skip-tags validate (facts + the four provisioning roles)
+  provision converged site.yml --skip-tags validate (the probe + the four provisioning roles)
                                           vs  the one-task play
-  drift     drift.yml                     vs  the one-task play
-  smoke     a play of the cluster smoke task alone (no env_drift: launch and verdict only)
-                                          vs  a play of a bare `mpiexec -n N -host a,b,… hostname`
+  drift     drift.yml                     vs  the one-task play, and vs the one-task play plus
+                                              a play of a bare `mpiexec -n N -host a,b,… hostname`
+  site/drift converged site.yml           vs  drift.yml
+  smoke     a play of the cluster smoke task alone (launch only, no verdict)
+                                          vs  the bare mpiexec play,
             and, inside those plays, the launch itself vs the bare mpiexec
   trips     host round trips per host of a converged site.yml (SSH EXEC lines of -vvv)
+  tasks     task results per host of a converged site.yml (controller work per host)
 
 Usage: python bench/site_bench.py [--runs N] [--sizes 3,12] [--keep]
 Needs the lab's requirements (make lab-up works) and the controller venv on PATH; run it
@@ -143,6 +148,23 @@ def median(fn, runs):
     return statistics.median(samples), samples
 
 
+def task_counts(stdout):
+    """Task results per host (ok, changed, skipped, failed) of a json-callback run: the
+    controller's work per host, whether or not the task reached the host."""
+    counts = {}
+    for p in json.loads(stdout[stdout.index("{"):])["plays"]:
+        for task in p["tasks"]:
+            for host in task["hosts"]:
+                counts[host] = counts.get(host, 0) + 1
+    return counts
+
+
+def paired(rounds, *names):
+    """Per-round ratios ``a/b`` (or ``a/(b+c)``) and their median."""
+    ratios = [r[names[0]] / sum(r[n] for n in names[1:]) for r in rounds]
+    return statistics.median(ratios), ratios
+
+
 def bench_size(size, runs, work):
     inventory = make_inventory(size)
     one, smoke, bare = (os.path.join(work, n) for n in ("one-task.yml", "smoke.yml", "bare.yml"))
@@ -153,23 +175,17 @@ def bench_size(size, runs, work):
     seed_apt_caches(size)
     first, dummy = play(inventory, site)
     out = {"size": size, "lab_up_s": up, "site_first_s": first}
-    out["site"], out["site_samples"] = median(lambda: play(inventory, site)[0], runs)
-    out["one"], out["one_samples"] = median(lambda: play(inventory, one)[0], runs)
-    out["provision"], out["provision_samples"] = median(
-        lambda: play(inventory, site, "--skip-tags", "validate")[0], runs)
-    out["drift"], out["drift_samples"] = median(lambda: play(inventory, drift)[0], runs)
-    launch, module = [], []
+    launch, module, bare_launch = [], [], []
 
     def smoke_run():
         elapsed, stdout = play(inventory, smoke, json_out=True)
         result = task_result(stdout, "Launch across the cluster")
-        if not result or not result.get("passed"):
-            sys.exit("bench: the cluster smoke test failed at %d hosts: %s" % (size, (result or {}).get("msg")))
-        launch.append(result["smoke"]["seconds"])
-        module.append(result["smoke"]["total_seconds"])
+        raw = (result or {}).get("smoke") or {}
+        if raw.get("returncode") != 0 or len(raw.get("ranks") or []) != size:
+            sys.exit("bench: the cluster launch failed at %d hosts: %s" % (size, (result or {}).get("msg")))
+        launch.append(raw["seconds"])
+        module.append(raw["total_seconds"])
         return elapsed
-
-    bare_launch = []
 
     def bare_run():
         elapsed, stdout = play(inventory, bare, json_out=True)
@@ -178,8 +194,25 @@ def bench_size(size, runs, work):
         bare_launch.append(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
         return elapsed
 
-    out["smoke"], out["smoke_samples"] = median(smoke_run, runs)
-    out["bare"], out["bare_samples"] = median(bare_run, runs)
+    rounds = []
+    for dummy in range(runs):
+        rounds.append({
+            "one": play(inventory, one)[0],
+            "site": play(inventory, site)[0],
+            "drift": play(inventory, drift)[0],
+            "provision": play(inventory, site, "--skip-tags", "validate")[0],
+            "bare": bare_run(),
+            "smoke": smoke_run(),
+        })
+    out["rounds"] = rounds
+    for key in ("one", "site", "drift", "provision", "bare", "smoke"):
+        out[key] = statistics.median(r[key] for r in rounds)
+    out["site_ratio"], dummy = paired(rounds, "site", "one")
+    out["provision_ratio"], dummy = paired(rounds, "provision", "one")
+    out["drift_ratio"], dummy = paired(rounds, "drift", "one")
+    out["site_drift_ratio"], dummy = paired(rounds, "site", "drift")
+    out["drift_bare_ratio"], dummy = paired(rounds, "drift", "one", "bare")
+    out["smoke_ratio"], dummy = paired(rounds, "smoke", "bare")
     out["smoke_launch"], out["bare_launch"] = statistics.median(launch), statistics.median(bare_launch)
     out["smoke_module"] = statistics.median(module)
     dummy, verbose = play(inventory, site, verbose=True)
@@ -189,31 +222,36 @@ def bench_size(size, runs, work):
     dummy, verbose = play(inventory, site, "--skip-tags", "validate", verbose=True)
     trips = round_trips(verbose)
     out["provision_trips"] = {"min": min(trips.values()), "max": max(trips.values())}
+    dummy, stdout = play(inventory, site, json_out=True)
+    tasks = task_counts(stdout)
+    out["tasks"] = {"min": min(tasks.values()), "max": max(tasks.values())}
     return out
 
 
 def report(rows, runs):
-    lines = ["runs per figure: %d (medians, wall clock, seconds)" % runs, "",
-             "| hosts | one-task | site.yml (conv.) | ratio | provision only | ratio | drift.yml | ratio | smoke play "
-             "| bare mpiexec play | ratio | smoke launch | bare launch | ratio | smoke module (SSH checks + launch) "
-             "| round trips/host (min/med/max) | provision round trips (min/max) | first converge |",
-             "|" + "---|" * 18]
+    lines = ["paired rounds per lab size: %d (medians, wall clock, seconds; ratios: median of the rounds' ratios)"
+             % runs, "",
+             "| hosts | one-task | site.yml (conv.) | site/one | provision only | prov/one | drift.yml | drift/one "
+             "| site/drift | bare mpiexec play | drift/(one+bare) | smoke play | smoke/bare | smoke launch "
+             "| bare launch | round trips/host (min/med/max) | provision round trips | tasks/host (min/max) "
+             "| first converge |",
+             "|" + "---|" * 19]
     for r in rows:
-        lines.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2f | %.2fx | %.2f | %.2f "
-                     "| %.2fx | %.2f | %s/%s/%s | %s/%s | %.0f |" % (
-                         r["size"], r["one"], r["site"], r["site"] / r["one"], r["provision"],
-                         r["provision"] / r["one"], r["drift"], r["drift"] / r["one"],
-                         r["smoke"], r["bare"], r["smoke"] / r["bare"], r["smoke_launch"], r["bare_launch"],
-                         r["smoke_launch"] / r["bare_launch"], r["smoke_module"],
+        lines.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.2f | %.2fx | %.2fx | %.2f | %.2fx | %.2f | %.2fx "
+                     "| %.2f | %.2f | %s/%s/%s | %s/%s | %s/%s | %.0f |" % (
+                         r["size"], r["one"], r["site"], r["site_ratio"], r["provision"], r["provision_ratio"],
+                         r["drift"], r["drift_ratio"], r["site_drift_ratio"], r["bare"], r["drift_bare_ratio"],
+                         r["smoke"], r["smoke_ratio"], r["smoke_launch"], r["bare_launch"],
                          r["trips"]["min"], r["trips"]["median"], r["trips"]["max"],
-                         r["provision_trips"]["min"], r["provision_trips"]["max"], r["site_first_s"]))
+                         r["provision_trips"]["min"], r["provision_trips"]["max"],
+                         r["tasks"]["min"], r["tasks"]["max"], r["site_first_s"]))
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--sizes", default="3,12")
+    parser.add_argument("--sizes", default="3,12", help="lab sizes, e.g. 3,12,32")
     parser.add_argument("--keep", action="store_true", help="leave the biggest lab up")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
