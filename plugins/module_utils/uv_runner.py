@@ -236,6 +236,11 @@ class UvRunner(object):
         hardlinks an edit in a venv is an edit of the cache."""
         return self.run([self.uv, "cache", "clean"] + list(names) + self.common())
 
+    def cache_prune(self):
+        """Drop every pre-built wheel from uv's cache (``--ci``: wheels uv built here from an
+        sdist stay, a rebuild costs minutes). uv waits until no other uv process reads the cache."""
+        return self.run([self.uv, "cache", "prune", "--ci"] + self.common())
+
     def list_packages(self, python):
         argv = [self.uv, "pip", "list", "--python", python, "--format", "json", "--offline"]
         if self.cache_dir:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
-           "missing_packages", "msg")
+           "missing_packages", "msg", "reclaimed", "warnings")
 
 
 def package_diff(before, after):
