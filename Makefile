@@ -99,7 +99,7 @@ ee-check: venv ## ansible-builder create: the execution environment build contex
 molecule: host-deps venv images ## all molecule scenarios, one after another
 	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
 
-molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on CPU
+molecule-full: venv images ## opt-in: MLPerf Storage lock on 3 SSH hosts + DLIO across them (shared /data)
 	molecule test -s full
 
 lock: venv ## regenerate lockfiles/*.txt from their .in
