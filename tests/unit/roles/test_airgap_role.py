@@ -257,7 +257,7 @@ DRIFT_TASK = textwrap.dedent("""\
 
 def _cache_entries(cache):
     """Unpacked wheels in uv's cache (what a copy-mode venv does not use)."""
-    return [e for e in os.listdir(cache / "archive-v0")] if (cache / "archive-v0").is_dir() else []
+    return os.listdir(cache / "archive-v0") if (cache / "archive-v0").is_dir() else []
 
 
 @pytest.mark.parametrize("link_mode", ["copy", "hardlink"])
