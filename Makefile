@@ -18,7 +18,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 # A hand-installed collection of the same name must never shadow this checkout.
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.collections
 
-.PHONY: help host-deps venv requirements images lab-up lab-down demo drift test unit lint sanity \
+.PHONY: help host-deps venv requirements images lab-up lab-down lock-arg demo drift test unit lint sanity \
         build molecule molecule-full lock lock-check lock-pylock bench clean ee-check
 
 help: ## list targets
@@ -44,6 +44,10 @@ images: host-deps ## build localhost/lockstep-debian{12,13} (kept while their re
 
 # LAB_INVENTORY: another inventory with a `lab` group (e.g. a generated, bigger lab).
 LAB_INVENTORY ?= inventories/lab
+# LOCK: the lock demo and drift sync and audit on the lab (inventories/lab/group_vars/lab.yml):
+# smoke (default) or mlperf (the MLPerf Storage client; torch +cpu from LOCKSTEP_WHEELS).
+LOCK ?= smoke
+export LOCKSTEP_WHEELS ?= /opt/wheels
 
 lab-up: host-deps venv images ## SSH lab: bridge network + one sshd container per host of the lab group
 	ansible-playbook -i $(LAB_INVENTORY) lab/lab.yml -e lab_state=up
@@ -51,13 +55,16 @@ lab-up: host-deps venv images ## SSH lab: bridge network + one sshd container pe
 lab-down: host-deps venv ## remove the lab's containers and network (keeps its key pair and the images)
 	ansible-playbook -i $(LAB_INVENTORY) lab/lab.yml -e lab_state=down
 
-demo: lab-up ## site.yml against the local lab, then show the report
-	ansible-playbook -i $(LAB_INVENTORY) site.yml
+lock-arg:
+	@case "$(LOCK)" in smoke|mlperf) ;; *) echo "LOCK=$(LOCK): use LOCK=smoke (default) or LOCK=mlperf" >&2; exit 2;; esac
+
+demo: lock-arg lab-up ## site.yml against the local lab (LOCK=smoke|mlperf), then show the report
+	ansible-playbook -i $(LAB_INVENTORY) site.yml -e lab_lock=$(LOCK)
 	@if [ -e reports/latest/summary.md ]; then \
 	  echo "report: $$(readlink -f reports/latest)/"; cat reports/latest/summary.md; fi
 
-drift: venv ## audit the lab against the lock (changes nothing; non-zero on drift)
-	ansible-playbook -i $(LAB_INVENTORY) playbooks/drift.yml -e validate_fail_on_drift=true
+drift: lock-arg venv ## audit the lab against the lock (LOCK=smoke|mlperf; changes nothing; non-zero on drift)
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/drift.yml -e validate_fail_on_drift=true -e lab_lock=$(LOCK)
 
 test: host-deps venv images unit lint sanity build ee-check molecule ## every gate: unit, lint, sanity, build, EE, molecule
 
@@ -92,7 +99,7 @@ ee-check: venv ## ansible-builder create: the execution environment build contex
 molecule: host-deps venv images ## all molecule scenarios, one after another
 	for s in $(SCENARIOS); do molecule test -s $$s || exit 1; done
 
-molecule-full: venv images ## opt-in: MLPerf Storage lock + a tiny DLIO run on CPU
+molecule-full: venv images ## opt-in: MLPerf Storage lock on 3 SSH hosts + DLIO across them (shared /data)
 	molecule test -s full
 
 lock: venv ## regenerate lockfiles/*.txt from their .in

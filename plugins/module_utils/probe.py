@@ -62,7 +62,8 @@ SPECS = {"uv": uv.ARGUMENT_SPEC, "mpi": mpi.ARGUMENT_SPEC, "venv": venv.ARGUMENT
 NOT_ASKED = {
     "uv": ("remote_archive", "archive_src"),
     "venv": ("stage", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files", "build",
-             "wheelhouse_cache", "wheelhouse_find_links", "build_group", "build_requires", "lock_timeout"),
+             "wheelhouse_cache", "wheelhouse_find_links", "build_group", "build_requires", "lock_timeout",
+             "prune_after_sync"),
     "mpi": (), "cluster": (), "validate": (),
 }
 

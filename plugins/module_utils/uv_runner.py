@@ -22,6 +22,16 @@ _NETWORK_MARKERS = (
     "temporary failure in name resolution", "certificate", "tls handshake")
 _OFFLINE_MARKERS = ("network was disabled", "not found in the cache", "network connectivity is disabled")
 _HASH_MARKERS = ("hash mismatch", "hashes do not match", "expected hashes", "hash-checking mode", "--require-hashes")
+# uv's resolver failure for a pin it found no file for: "no version of torch==2.13.0+cpu" (an
+# index), "torch was not found in the cache / provided package locations and you require
+# torch==2.13.0+cpu" (offline, --no-index). Only pins with a PEP 440 local label (+cpu).
+_LOCAL_PIN_RE = re.compile(r"(?:no version of|you require) ([A-Za-z0-9][A-Za-z0-9._-]*==[^\s,;+]+\+[A-Za-z0-9][A-Za-z0-9.]*)")
+# Where such a file comes from (role variables), named in the message.
+LOCAL_VERSION_SOURCES = (
+    "venv_wheelhouse_find_links (a controller directory or URL holding it; with venv_wheelhouse_dir the "
+    "controller pushes it to the hosts)",
+    "venv_find_links (a directory or URL the host reads)",
+    "venv_extra_index_urls (an index that serves it, such as PyTorch's CPU wheel index)")
 
 
 MASK = "********"
@@ -68,6 +78,22 @@ def parse_uv_json(stdout):
     return data if isinstance(data, dict) and "changes" in data else None
 
 
+def local_version_pins(text):
+    """The pins with a local version label (``torch==2.13.0+cpu``) that uv found no file for,
+    in order: builds a public index does not serve, so the hosts need another source."""
+    found = []
+    for pin in _LOCAL_PIN_RE.findall(text or ""):
+        if pin not in found:
+            found.append(pin)
+    return found
+
+
+def local_version_message(pins, lock_name, tail):
+    return ("%s pins %s, a local-version build (the '+' label) that the package sources uv was given do not "
+            "hold; give the hosts its file with one of: %s; nothing was changed (uv output: %s)"
+            % (lock_name, ", ".join(pins), "; ".join(LOCAL_VERSION_SOURCES), tail))
+
+
 def classify_failure(result, offline=False, cache_dir=None, lock_name="the lock", python_version=None, timeout=None):
     """One clear message for a failed ``uv pip sync`` result: ``(kind, message)``."""
     text = result.err or ""
@@ -82,6 +108,9 @@ def classify_failure(result, offline=False, cache_dir=None, lock_name="the lock"
         need = match.group(2) if match else "a newer version"
         return ("python", "%s needs Python %s but the venv Python is %s; install a newer Python on "
                 "the host and point venv_python at it (uv output: %s)" % (lock_name, need, found, tail))
+    pins = local_version_pins(text)
+    if pins:
+        return ("local-version", local_version_message(pins, lock_name, tail))
     if any(marker in low for marker in _OFFLINE_MARKERS):
         return ("offline", "offline and the uv cache (%s) does not hold every package of %s: run once with "
                 "network access, or provide a wheelhouse with venv_find_links (uv output: %s)"
@@ -205,6 +234,11 @@ class UvRunner(object):
         """Drop ``names`` from uv's cache: uv never re-verifies cached files, and with
         hardlinks an edit in a venv is an edit of the cache."""
         return self.run([self.uv, "cache", "clean"] + list(names) + self.common())
+
+    def cache_prune(self):
+        """Drop every pre-built wheel from uv's cache (``--ci``: wheels uv built here from an
+        sdist stay, a rebuild costs minutes). uv waits until no other uv process reads the cache."""
+        return self.run([self.uv, "cache", "prune", "--ci"] + self.common())
 
     def list_packages(self, python):
         argv = [self.uv, "pip", "list", "--python", python, "--format", "json", "--offline"]

@@ -18,6 +18,7 @@ __metaclass__ = type
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, distributions, proc
@@ -60,6 +61,7 @@ ARGUMENT_SPEC = dict(
     verify_files=dict(type="bool", default=True),
     validate_imports=dict(type="list", elements="str", default=[]),
     keep=dict(type="int", default=2),
+    prune_after_sync=dict(type="bool", default=False),
     timeout=dict(type="int", default=1800),
     lock_timeout=dict(type="int", default=600),
     # Set by the action plugin.
@@ -180,6 +182,44 @@ def build_wheel(runner, python, directory, spec):
         shutil.rmtree(out, ignore_errors=True)
 
 
+def prune_wheelhouse(directory, keep):
+    """Remove the wheelhouse files other than ``keep`` (this sync's files): ``(names, bytes)``,
+    bytes counted only for files that had no other hard link (those give nothing back)."""
+    removed, freed = [], 0
+    keep = set(keep)
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        path = os.path.join(directory, name)
+        if name.startswith(".") or name in keep:
+            continue  # in-flight transfers and views are dot-named
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        os.unlink(path)
+        removed.append(name)
+        if info.st_nlink == 1:
+            freed += info.st_blocks * 512
+    return removed, freed
+
+
+def reclaim(runner, wheelhouse=None, keep=None):
+    """After a sync that changed the venv (``prune_after_sync``): give back what the live venv
+    does not use. uv's cache loses its pre-built wheels; the host wheelhouse keeps only this
+    sync's files (``keep``; None: left alone). Returns ``(report, warnings)``: a failed prune
+    is a warning, the venv is already live and correct."""
+    report, warnings = {}, []
+    result = runner.cache_prune()
+    report["uv_cache"] = proc.tail(result.err, 1) if result.rc == 0 else None
+    if result.rc != 0:
+        warnings.append("the venv is synced, but pruning the uv cache failed (%s): %s"
+                        % (proc.describe(result, "uv", runner.timeout), proc.tail(result.err, 4)))
+    if wheelhouse and keep is not None:
+        try:
+            report["wheelhouse_removed"], report["wheelhouse_bytes"] = prune_wheelhouse(wheelhouse, keep)
+        except OSError as exc:
+            warnings.append("the venv is synced, but pruning the wheelhouse %s failed: %s" % (wheelhouse, exc))
+    return report, warnings
+
+
 BUILD_PACKAGES = {"Debian": ["gcc", "python3-dev"], "RedHat": ["gcc", "python3-devel"]}
 
 
@@ -214,6 +254,9 @@ def run(params, check_mode, base_env=None, facts=None):
                             "run the module through it", "input")
         executable, version, markers = probe_python(p["python"], min(p["timeout"], 120))
         result["python"] = {"executable": executable, "version": version, "marker_environment": markers}
+        if p["prune_after_sync"] and p["link_mode"] == "symlink":
+            raise SyncError("prune_after_sync would delete the venv's own files: with link_mode symlink they "
+                            "live in the uv cache; use copy, hardlink or clone", "input")
         if p["ca_bundle"] and not os.path.isfile(p["ca_bundle"]):
             raise SyncError("CA bundle %s does not exist on the host" % p["ca_bundle"], "input")
         if p["stage"] == "build":
@@ -237,6 +280,13 @@ def run(params, check_mode, base_env=None, facts=None):
                     view = make_view(p["wheelhouse"], p["wheelhouse_files"])
                     runner.find_links[0] = view
             plan = store.sync(p["remote_lockfile"])
+            if p["prune_after_sync"] and plan["action"] != "none":
+                if view:
+                    shutil.rmtree(view, ignore_errors=True)
+                    view = None
+                result["reclaimed"], warnings = reclaim(runner, p["wheelhouse"], p["wheelhouse_files"])
+                if warnings:
+                    result["warnings"] = warnings
         elif runner.available():
             plan = store.plan()
         elif check_mode:

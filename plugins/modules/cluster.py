@@ -18,7 +18,8 @@ description:
     cluster, so one C(mpiexec) on any member can start ranks on all of them as O(user).
   - "The hostfile O(hostfile) in the syntax of O(flavor): Open MPI C(host slots=N), MPICH/Hydra
     C(host:N). A member is named by its C(cluster_address) host variable (default its inventory
-    name), with C(cluster_slots_per_host) slots (default O(slots)); C(cluster.json) beside the
+    name), with its C(cluster_slots) slots (uneven ranks per host), else its
+    C(cluster_slots_per_host), else O(slots); C(cluster.json) beside the
     hostfile names the member itself (the cluster smoke test maps ranks to hosts with it)."
   - "Passwordless SSH for O(user) between every pair of members (O(manage_keys)): one ed25519
     key pair per cluster, generated once on the controller under O(key_dir) and pushed as
@@ -78,7 +79,7 @@ options:
     choices: [openmpi, mpich]
     required: true
   slots:
-    description: Slots of a member that does not set C(cluster_slots_per_host).
+    description: Slots of a member that sets neither C(cluster_slots) nor C(cluster_slots_per_host).
     type: int
     default: 1
   manage_user:

@@ -150,6 +150,14 @@ options:
     description: Venvs kept for this O(path), current and previous included.
     type: int
     default: 2
+  prune_after_sync:
+    description:
+      - After a sync that changed the venv (a build or a flip), give the disk back that the live venv
+        does not use - C(uv cache prune --ci) (pre-built wheels go, wheels built here from an sdist stay)
+        and, with O(wheelhouse), every wheelhouse file but this sync's. A converged run prunes nothing.
+      - Refused with O(link_mode=symlink), whose venv files live in the cache. A failed prune is a warning.
+    type: bool
+    default: false
   timeout:
     description: Seconds allowed for each uv command.
     type: int
@@ -276,6 +284,12 @@ wheelhouse:
       C(pushed), C(pushed_bytes), C(push_seconds), and C(mpi4py_wheel) with its provenance in source
       mode); in check mode C(push) (what would be pushed) and C(build).
   returned: when a wheelhouse was used
+  type: dict
+reclaimed:
+  description:
+    - With O(prune_after_sync), after a sync that changed the venv - C(uv_cache) (uv's summary line),
+      and with O(wheelhouse) C(wheelhouse_removed) (file names) and C(wheelhouse_bytes) (disk given back).
+  returned: when something was pruned
   type: dict
 commands:
   description: The commands the module ran, with their duration and exit code.

@@ -71,14 +71,7 @@ def member(name, hostvars, default_slots):
     """One member as the others see it: ``name`` (what the hostfile says and ssh dials),
     ``aliases`` (every name and address known_hosts carries), ``slots``, ``host_keys``, and
     ``facts`` (False when the host was never reached in this play)."""
-    slots = hostvars.get("cluster_slots_per_host", default_slots)
-    try:
-        slots = int(slots)
-    except (TypeError, ValueError):
-        slots = 0
-    if slots < 1:
-        raise ClusterConfigError("%s: cluster_slots_per_host must be a positive integer (got %r)"
-                                 % (name, hostvars.get("cluster_slots_per_host", default_slots)))
+    slots = slots_of(name, hostvars, default_slots)
     address, aliases = address_and_aliases(name, hostvars)
     for token in aliases:
         if not _HOST_TOKEN.match(token):
@@ -86,6 +79,24 @@ def member(name, hostvars, default_slots):
     facts = hostvars.get("ansible_facts") or {}
     return {"inventory_name": name, "name": address, "aliases": aliases, "slots": slots,
             "host_keys": host_keys(facts), "facts": bool(facts)}
+
+
+def slots_of(name, hostvars, default_slots):
+    """A member's slots in the hostfile: its own ``cluster_slots`` (uneven ranks per host), else
+    its ``cluster_slots_per_host``, else the task's default; a positive integer, or an error
+    naming the host and the variable."""
+    variable, value = "cluster_slots_per_host", default_slots
+    for candidate in ("cluster_slots", "cluster_slots_per_host"):
+        if hostvars.get(candidate) not in (None, ""):
+            variable, value = candidate, hostvars.get(candidate)
+            break
+    try:
+        slots = 0 if isinstance(value, bool) else int(str(value).strip())
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise ClusterConfigError("%s: %s must be a positive integer (got %r)" % (name, variable, value))
+    return slots
 
 
 def members(names, hostvars, default_slots=1):

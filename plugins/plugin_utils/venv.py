@@ -43,6 +43,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import local_version_pins
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
     canonicalize_name,
@@ -58,7 +59,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy impor
 
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
-           "missing_packages", "msg")
+           "missing_packages", "msg", "reclaimed", "warnings")
 
 
 def package_diff(before, after):
@@ -175,6 +176,16 @@ def _compile_flags(lock):
     return flags
 
 
+def _listing_hint(stderr):
+    """Why uv could not list a lock's files: a local-version pin (torch==X+cpu) needs a
+    source besides the index; anything else is most likely an unreachable index."""
+    pins = local_version_pins(stderr)
+    if pins:
+        return ("%s is a local-version build the index does not serve: name a controller directory or URL "
+                "holding its file in venv_wheelhouse_find_links" % ", ".join(pins))
+    return "index or find-links unreachable?"
+
+
 def source_pylock(lock, directory, uv, find_links=(), index_url=None, extra_index_urls=(), timeout=600):
     """A ``Pylock`` with every file URL and hash of ``lock``: the lock itself when it is a
     pylock, else uv's view of the pinned set (cached per lock sha256)."""
@@ -198,8 +209,9 @@ def source_pylock(lock, directory, uv, find_links=(), index_url=None, extra_inde
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise WheelhouseError("cannot run %s to list the files of %s: %s" % (uv, lock.path, exc))
         if done.returncode != 0:
-            raise WheelhouseError("uv could not list the files of %s (index or find-links unreachable?): %s"
-                                  % (lock.path, remote.redact(done.stderr.strip()[-1500:], secrets)))
+            raise WheelhouseError("uv could not list the files of %s (%s): %s"
+                                  % (lock.path, _listing_hint(done.stderr),
+                                     remote.redact(done.stderr.strip()[-1500:], secrets)))
         os.replace(part, path)
     with open(path, "rb") as handle:
         try:

@@ -1,16 +1,23 @@
-"""Run dlio_benchmark with the given arguments, then report this rank's loaded CUDA libraries.
+"""Run dlio_benchmark with the given arguments, then report what this rank ran.
 
-One JSON line per rank, prefixed "no-cuda-check", from /proc/self/maps at exit; exit 3 when
-any CUDA/NVIDIA library was mapped.
+One JSON line per rank at exit, prefixed "no-cuda-check": host, MPI rank, the interpreter
+(sys.executable, the venv it belongs to, where torch and dlio_benchmark were imported from)
+and the CUDA/NVIDIA libraries mapped into the process (/proc/self/maps); exit 3 when any was.
 """
 import atexit
 import json
 import os
 import re
+import socket
 import sys
 
 CUDA_LIB = re.compile(r"/(lib(cuda|cudart|cublas|cudnn|cufft|curand|cusparse|cusolver|nccl|nvrtc|nvJitLink|nvToolsExt)"
                       r"[^/]*\.so[^/]*|nvidia/.*)$")
+
+
+def origin(name):
+    module = sys.modules.get(name)
+    return os.path.realpath(module.__file__) if module is not None and getattr(module, "__file__", None) else None
 
 
 def report():
@@ -18,7 +25,13 @@ def report():
         libs = {line.split()[-1] for line in maps if ".so" in line}
     torch = sys.modules.get("torch")
     result = {
+        "hostname": socket.gethostname(),
+        "rank": os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")),
         "pid": os.getpid(),
+        "executable": sys.executable,
+        "prefix": os.path.realpath(sys.prefix),
+        "torch_file": origin("torch"),
+        "dlio_file": origin("dlio_benchmark"),
         "torch": getattr(torch, "__version__", None),
         "torch_cuda": torch.version.cuda if torch else None,
         "cuda_available": torch.cuda.is_available() if torch else None,

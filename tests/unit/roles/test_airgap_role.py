@@ -250,3 +250,73 @@ def test_index_password_is_never_shown(airgap, mode):
         assert SECRET not in failed.stdout and SECRET not in failed.stderr, failed.stdout[-2000:]
     finally:
         server.shutdown()
+
+
+DRIFT_TASK = textwrap.dedent("""\
+      post_tasks:
+        - name: Probe the venv
+          lockstep.cluster.probe:
+            validate:
+              venv: "{{ venv_path }}"
+              mpi: false
+          register: _validate_probe
+        - name: Check the venv against the lock
+          lockstep.cluster.validate:
+            hosts: [localhost]
+            lockfile: "{{ venv_lockfile }}"
+            cluster_smoke: false
+            dest: "{{ playbook_dir }}/reports"
+            run_id: drift
+          register: drift_result
+    """)
+
+
+def _cache_entries(cache):
+    """Unpacked wheels in uv's cache (what a copy-mode venv does not use)."""
+    return os.listdir(cache / "archive-v0") if (cache / "archive-v0").is_dir() else []
+
+
+@pytest.mark.parametrize("link_mode", ["copy", "hardlink"])
+def test_prune_after_sync_gives_back_the_cache_and_old_wheelhouse_files(airgap, link_mode):
+    cache = airgap["tmp"] / "opt" / "cache"
+    first = airgap["run"](airgap["lock"]("a.txt", [("alpha", "1.0"), ("beta", "1.0")]), venv_link_mode=link_mode)
+    assert first["failures"] == [] and "reclaimed" not in first["sync"]
+    assert _cache_entries(cache)  # the default keeps uv's cache
+
+    b = airgap["lock"]("b.txt", [("alpha", "2.0"), ("beta", "1.0")])
+    pruned = airgap["run"](b, venv_link_mode=link_mode, venv_prune_after_sync=True, playbook_tasks=DRIFT_TASK)
+    assert pruned["failures"] == [] and pruned["stats"]["changed"] == 1, pruned
+    reclaimed = pruned["sync"]["reclaimed"]
+    assert reclaimed["wheelhouse_removed"] == ["alpha-1.0-py3-none-any.whl"] and reclaimed["wheelhouse_bytes"] > 0
+    assert reclaimed["uv_cache"].startswith("Removed "), reclaimed
+    assert sorted(os.listdir(airgap["host_wh"])) == ["alpha-2.0-py3-none-any.whl", "beta-1.0-py3-none-any.whl"]
+    assert _cache_entries(cache) == []
+    assert installed(airgap["path"]) == {"alpha": "2.0", "beta": "1.0"}
+    report = next(r for n, r in pruned["results"] if n == "Check the venv against the lock")["reports"]["localhost"]
+    assert report["status"] == "ok", report["problems"]
+
+    # Converged: nothing to sync, nothing pruned, and drift still passes.
+    again = airgap["run"](b, venv_link_mode=link_mode, venv_prune_after_sync=True, playbook_tasks=DRIFT_TASK)
+    assert again["failures"] == [] and again["stats"]["changed"] == 0, again
+    assert "reclaimed" not in again["sync"]
+    assert next(r for n, r in again["results"] if n == "Check the venv against the lock")["reports"]["localhost"][
+        "status"] == "ok"
+
+
+def test_prune_after_sync_is_refused_with_symlinked_venv_files(airgap):
+    result = airgap["run"](airgap["lock"]("a.txt", [("alpha", "1.0")]), venv_link_mode="symlink",
+                           venv_prune_after_sync=True)
+    assert len(result["failures"]) == 1 and "link_mode symlink" in result["failures"][0], result["failures"]
+    assert not os.path.lexists(airgap["path"])
+
+
+def test_a_failed_cache_prune_is_a_warning_the_venv_stays_synced(airgap, tmp_path):
+    wrapper = tmp_path / "uv-no-prune"
+    wrapper.write_text('#!/bin/sh\n[ "$1 $2" = "cache prune" ] && { echo "cache is locked" >&2; exit 2; }\n'
+                       'exec %s "$@"\n' % UV)
+    wrapper.chmod(0o755)
+    result = airgap["run"](airgap["lock"]("a.txt", [("alpha", "1.0")]), venv_prune_after_sync=True,
+                           venv_uv_executable=str(wrapper))
+    assert result["failures"] == [] and result["stats"]["changed"] == 1, result
+    assert any("pruning the uv cache failed" in w and "cache is locked" in w for w in result["sync"]["warnings"])
+    assert installed(airgap["path"]) == {"alpha": "1.0"}

@@ -1,4 +1,4 @@
-"""env_drift end to end without Ansible: a real (tiny) venv, a fake mpi4py that maps a
+"""Host side of the probe (module_utils/probe.py) end to end without Ansible: a real (tiny) venv, a fake mpi4py that maps a
 library named libmpi.so.40, fake launchers of both flavors, then the controller comparison."""
 
 import os

@@ -337,6 +337,35 @@ def test_lock_needing_newer_python_is_one_clear_message(house):
     assert ">=3.99" in error.message
 
 
+@pytest.mark.parametrize("source", ["index", "offline-cache", "wheelhouse"])
+def test_local_version_pin_names_the_variables_that_give_hosts_its_file(house, source):
+    # The lab's old hint failed like this in 0.5 s: "no version of torch==2.13.0+cpu". Each
+    # way uv words it (an index, an offline cache, --no-index) must name where the file comes from.
+    good = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(good)
+    before = snapshot(good.path)
+    (house["tmp"] / "simple" / "alpha").mkdir()
+    (house["tmp"] / "simple" / "alpha" / "index.html").write_text("")  # the index knows no alpha file
+    text = lock_text([("alpha", "1.0+cpu", house["sha"][("alpha", "1.0")])])
+    options = {"index": dict(offline=False, runner={"index_url": house["index"]}),
+               "offline-cache": dict(find_links=False, runner={"cache_dir": str(house["tmp"] / "cold")}),
+               "wheelhouse": dict(find_links=False, runner={"wheelhouse": house["dir"]})}[source]
+    bad = make_store(house, text, **options)
+    error = _assert_failure_leaves_current(house, bad, "local-version", before)
+    assert "alpha==1.0+cpu" in error.message
+    for variable in ("venv_wheelhouse_find_links", "venv_find_links", "venv_extra_index_urls"):
+        assert variable in error.message
+
+
+def test_local_version_pins_only_for_local_labels():
+    from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import local_version_pins
+
+    assert local_version_pins("Because there is no version of torch==2.13.0+cpu and you require "
+                              "torch==2.13.0+cpu, we can conclude") == ["torch==2.13.0+cpu"]
+    assert local_version_pins("Because there is no version of numpy==9.9 and you require numpy==9.9") == []
+    assert local_version_pins("Hash mismatch for torch==2.13.0+cpu") == []
+
+
 def test_interrupted_build_is_cleaned_up_next_run(house):
     store = make_store(house, lock_of(house, ("alpha", "1.0")))
     os.makedirs(store.target)

@@ -1,4 +1,4 @@
-"""What every cluster member must hold, computed on the controller (plugin_utils/cluster_config.py):
+"""What every cluster member must hold, computed on the controller (plugin_utils/cluster.py):
 members from hostvars, hostfile syntax per flavor, pinned known_hosts, the cluster key pair."""
 
 import os
@@ -56,6 +56,21 @@ def test_a_reached_host_without_host_keys_is_an_error_in_a_cluster():
 def test_bad_member_settings_name_the_host(bad, words):
     with pytest.raises(cc.ClusterConfigError, match="^a: .*" + words):
         cc.members(["a"], hostvars(a=bad))
+
+
+def test_uneven_ranks_per_host_from_cluster_slots():
+    # cluster_slots (one host) over cluster_slots_per_host (a group), over the task's default.
+    hv = hostvars(a={}, b={"cluster_slots": 4, "cluster_slots_per_host": 2}, c={"cluster_slots_per_host": 2},
+                  d={"cluster_slots": "3"})
+    found, dummy = cc.members(["a", "b", "c", "d"], hv, default_slots=1)
+    assert cc.hostfile("c", "openmpi", found).splitlines()[1:] == ["a slots=1", "b slots=4", "c slots=2", "d slots=3"]
+    assert cc.hostfile("c", "mpich", found).splitlines()[1:] == ["a:1", "b:4", "c:2", "d:3"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", 2.5, True])
+def test_bad_cluster_slots_names_the_host_and_the_variable(bad):
+    with pytest.raises(cc.ClusterConfigError, match=r"^b: cluster_slots must be a positive integer"):
+        cc.members(["a", "b"], hostvars(a={}, b={"cluster_slots": bad, "cluster_slots_per_host": 2}))
 
 
 def test_two_members_on_one_address_are_refused():

@@ -138,3 +138,17 @@ def test_one_build_per_combination_across_concurrent_hosts(tmp_path):
     with open(built[0]["path"], "ab") as handle:
         handle.write(b"tampered")
     assert wheelhouse.built_wheels(str(tmp_path), "mpi4py", "Debian-12/openmpi-4.1.4") == []
+
+
+@pytest.mark.parametrize("version, hint", [("1.0+cpu", "venv_wheelhouse_find_links"),
+                                           ("9.9", "unreachable")])
+def test_controller_listing_of_a_local_version_pin_names_the_variable(index, tmp_path, version, hint):
+    """The controller wheelhouse lists the lock's files with uv: a '+cpu' pin that the index
+    does not serve needs venv_wheelhouse_find_links; any other miss keeps the generic reason."""
+    lockfile = tmp_path / "l.txt"
+    lockfile.write_text(HEADER % "--generate-hashes"
+                        + lock_text([("alpha", version, index["sha"]["alpha"])]).split("\n", 2)[2])
+    with pytest.raises(wheelhouse.WheelhouseError) as caught:
+        wheelhouse.source_pylock(load_lock(str(lockfile)), str(tmp_path / "cache"), UV, index_url=index["url"])
+    assert hint in str(caught.value)
+    assert ("alpha==1.0+cpu" in str(caught.value)) == ("+" in version)
