@@ -1,4 +1,4 @@
-"""Time the env_drift host probe against uv's and pip's own checks (see probe.sh), and the
+"""Time the host probe's audit section (module_utils/probe.py collect) against uv's and pip's own checks (see probe.sh), and the
 manifest's full re-hash against sha256sum over the same files.
 
 Each command is a fresh process, as on a host: interpreter start-up is part of the cost.
@@ -16,9 +16,9 @@ import time
 
 PROBE = """
 import os, sys
-from ansible_collections.lockstep.cluster.plugins.module_utils.probe import ARGUMENT_SPEC, collect
-params = {k: v.get("default") for k, v in ARGUMENT_SPEC.items()}
-params.update(venv=sys.argv[1], lockfile="-", smoke_test=False, verify_files=sys.argv[2] != "off",
+from ansible_collections.lockstep.cluster.plugins.module_utils.probe import VALIDATE_OPTIONS, collect
+params = {k: v.get("default") for k, v in VALIDATE_OPTIONS.items()}
+params.update(venv=sys.argv[1], smoke_test=False, verify_files=sys.argv[2] != "off",
               verify_all_files=sys.argv[2] == "all")
 facts = collect(params, dict(os.environ))
 assert len(facts["distributions"]) > 50, len(facts["distributions"])
@@ -83,7 +83,7 @@ def main():
                if not os.path.islink(os.path.join(d, n)))
     packages = sum(1 for line in open(args.lock) if line[:1].isalnum())
     base = results["uv pip sync --check --offline"]["median"]
-    print("# env_drift probe vs uv / pip (%d packages, %d files, %.0f MiB, %d runs, median)\n"
+    print("# probe (audit section) vs uv / pip (%d packages, %d files, %.0f MiB, %d runs, median)\n"
           % (packages, files, size / 2 ** 20, args.runs))
     print("| command | median s | min s | x uv --check --offline | exit |")
     print("|---|---|---|---|---|")
