@@ -61,12 +61,9 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("; ".join(problems))
 
         module_args = dict(self._task.args)
-        answered = probe.section(task_vars, "uv", module_args)
-        if answered and not _failed(answered["result"]) and (
-                self._task.check_mode or not answered["result"].get("changed")):
-            # This run's probe asked exactly this: converged (or, in check mode, the prediction).
-            result.update(answered["result"])
-            result.pop("needs", None)
+        answered = probe.answer(task_vars, "uv", module_args, self._task.check_mode)
+        if answered is not None:  # this run's probe asked exactly this: no round trip
+            result.update(answered)
             return self._facts(result, task_vars)
         first = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
         needs = first.pop("needs", None) or []

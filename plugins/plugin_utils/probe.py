@@ -68,6 +68,17 @@ def section(task_vars, name, given=None):
     return found
 
 
+def answer(task_vars, name, given, check_mode):
+    """What a role whose module plans and applies in one run returns from this run's probe, as
+    is: the host is converged (or, in check mode, the probe's prediction). None: ask the host."""
+    found = section(task_vars, name, given)
+    result = dict((found or {}).get("result") or {})
+    if not result or result.get("failed") or result.get("unreachable") or (result.get("changed") and not check_mode):
+        return None
+    result.pop("needs", None)
+    return result
+
+
 def changed_fact(task_vars, role):
     """The fact a role returns when it changed the host: later roles and the audit ask again."""
     roles = changed_since(task_vars) + [role]

@@ -19,6 +19,26 @@ from helpers import BASE_PYTHON, HEADER, UV, lock_text, make_wheel, play_role, t
 SECRET = "s3cr3t-Pa55-%d" % os.getpid()
 
 
+# Audit the venv the play synced (the probe collects, validate judges).
+DRIFT_TASK = textwrap.dedent("""\
+      post_tasks:
+        - name: Probe the venv
+          lockstep.cluster.probe:
+            validate:
+              venv: "{{ venv_path }}"
+              mpi: false
+          register: _validate_probe
+        - name: Check the venv against the lock
+          lockstep.cluster.validate:
+            hosts: [localhost]
+            lockfile: "{{ venv_lockfile }}"
+            cluster_smoke: false
+            dest: "{{ playbook_dir }}/reports"
+            run_id: drift
+          register: drift_result
+    """)
+
+
 def simple_index(root, wheels):
     """A PEP 503 index of ``wheels`` ({filename: sha256}) under ``root/simple`` (file URLs)."""
     for filename, sha in wheels.items():
@@ -131,31 +151,14 @@ def test_a_file_that_is_not_the_locked_one_is_refused(airgap):
 def test_pylock_twin_provisions_and_validates_like_the_requirements_lock(airgap, tmp_path):
     pins = [("alpha", "1.0"), ("beta", "1.0")]
     pylock = airgap["pylock"]("pylock.twin.toml", pins)
-    drift = textwrap.dedent("""\
-          post_tasks:
-            - name: Probe the venv
-              lockstep.cluster.probe:
-                validate:
-                  venv: "{{ venv_path }}"
-                  mpi: false
-              register: _validate_probe
-            - name: Check the venv against the lock
-              lockstep.cluster.validate:
-                hosts: [localhost]
-                lockfile: "{{ venv_lockfile }}"
-                cluster_smoke: false
-                dest: "{{ playbook_dir }}/reports"
-                run_id: drift
-              register: drift_result
-        """)
-    result = airgap["run"](pylock, playbook_tasks=drift)
+    result = airgap["run"](pylock, playbook_tasks=DRIFT_TASK)
     assert result["failures"] == [], result["failures"]
     assert result["sync"]["lock"]["format"] == "pylock"
     assert installed(airgap["path"]) == {"alpha": "1.0", "beta": "1.0"}
     report = next(r for n, r in result["results"] if n == "Check the venv against the lock")["reports"]["localhost"]
     assert report["status"] == "ok" and report["counts"]["expected"] == 2, report["problems"]
     twin = airgap["lock"]("twin.txt", pins)
-    again = airgap["run"](twin, playbook_tasks=drift)
+    again = airgap["run"](twin, playbook_tasks=DRIFT_TASK)
     report_txt = next(r for n, r in again["results"] if n == "Check the venv against the lock")["reports"]["localhost"]
     assert report_txt["status"] == "ok" and report_txt["fingerprint"] == report["fingerprint"]
     assert report_txt["checks"] == report["checks"]
@@ -252,23 +255,6 @@ def test_index_password_is_never_shown(airgap, mode):
         server.shutdown()
 
 
-DRIFT_TASK = textwrap.dedent("""\
-      post_tasks:
-        - name: Probe the venv
-          lockstep.cluster.probe:
-            validate:
-              venv: "{{ venv_path }}"
-              mpi: false
-          register: _validate_probe
-        - name: Check the venv against the lock
-          lockstep.cluster.validate:
-            hosts: [localhost]
-            lockfile: "{{ venv_lockfile }}"
-            cluster_smoke: false
-            dest: "{{ playbook_dir }}/reports"
-            run_id: drift
-          register: drift_result
-    """)
 
 
 def _cache_entries(cache):
