@@ -1,9 +1,10 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Probe a host once per run: every role's question and the audit's, answered in one module run
-and kept as the host's facts (``lockstep_probe``, and the OS facts the roles use), so a
-converged host costs this one round trip. Asked again in the same run, it answers from that
-fact unless a role changed the host since (plugin_utils.probe)."""
+"""Probe a host once per run: every role's question and the audit's, answered in one module run.
+With ``keep`` (site.yml's first task) the answer is kept as the host's fact ``lockstep_probe``
+for this run, so the roles and the audit reuse it and a converged host costs this one round
+trip; asked again in the same run, it answers from that fact unless a role changed the host
+since (plugin_utils.probe)."""
 
 from __future__ import annotations
 
@@ -74,9 +75,11 @@ class ActionModule(ActionBase):
         errors = ["%s: %s" % (name, s["error"]) for name, s in sorted(sections.items())
                   if isinstance(s, dict) and s.get("error")]
         result["msg"] = remote.redact("; ".join(errors) or "probed: %s" % ", ".join(sorted(sections)), secrets)
-        # Kept for this run: the OS facts the roles use (by setup's names) and the answers.
-        result["ansible_facts"] = dict(facts, **{
-            probe.FACT: {"run": probe.run_id(), "sections": sections, "validate_args": args.get("validate")},
-            probe.CHANGED: {"run": probe.run_id(), "roles": []},
-        })
+        # The OS facts the roles use (by setup's names); with keep, the answers too, for this run.
+        result["ansible_facts"] = dict(facts)
+        if args["keep"]:
+            result["ansible_facts"].update({
+                probe.FACT: {"run": probe.run_id(), "sections": sections, "validate_args": args.get("validate")},
+                probe.CHANGED: {"run": probe.run_id(), "roles": []},
+            })
         return result

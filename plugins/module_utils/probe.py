@@ -74,6 +74,9 @@ ARGUMENT_SPEC = dict(
     venv=dict(type="dict"),
     cluster=dict(type="dict"),
     validate=dict(type="dict", options=VALIDATE_OPTIONS),
+    # Kept for this run (the fact lockstep_probe) for the roles and the audit to reuse: only where
+    # the playbook knows nothing but lockstep roles runs on the host after the probe (site.yml).
+    keep=dict(type="bool", default=False),
 )
 
 

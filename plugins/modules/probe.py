@@ -68,6 +68,13 @@ options:
   cluster:
     description: The options of M(lockstep.cluster.cluster) (the cluster role's settings); omitted, not asked.
     type: dict
+  keep:
+    description:
+      - Keep the answer as the host's fact C(lockstep_probe) for this playbook run, for the roles' action plugins
+        and the audit to reuse (until a role changes the host). Only where nothing but lockstep roles acts on
+        the host between this probe and the audit, as in C(site.yml); elsewhere every probe asks the host.
+    type: bool
+    default: false
   validate:
     description:
       - The audit's questions (the C(lockstep.cluster.validate) role's settings). Omitted, the
@@ -191,7 +198,7 @@ reused:
 ansible_facts:
   description:
     - The OS facts the roles use, by C(setup)'s names (C(distribution), C(distribution_version),
-      C(os_family), C(architecture), C(machine_id), C(ssh_host_key_*_public)), C(lockstep_probe)
+      C(os_family), C(architecture), C(machine_id), C(ssh_host_key_*_public)); with O(keep), C(lockstep_probe)
       (the answer, for this run) and C(lockstep_changed) (reset).
   returned: when the host was asked
   type: dict

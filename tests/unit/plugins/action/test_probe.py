@@ -43,7 +43,7 @@ def run(args, task_vars, host):
 
 def test_one_module_run_kept_as_facts_then_reused_in_the_same_run():
     host = Host()
-    first = run({"uv": UV, "validate": VALIDATE}, {}, host)
+    first = run({"uv": UV, "validate": VALIDATE, "keep": True}, {}, host)
     assert [m for m, dummy in host.calls] == [MODULE] and first["changed"] is False
     facts = first["ansible_facts"]
     assert facts["os_family"] == "Debian" and facts["ssh_host_key_ed25519_public"] == "AAAA"
@@ -54,8 +54,16 @@ def test_one_module_run_kept_as_facts_then_reused_in_the_same_run():
 
 def test_after_a_change_or_with_other_options_the_host_is_asked_again():
     host = Host()
-    facts = run({"uv": UV, "validate": VALIDATE}, {}, host)["ansible_facts"]
+    facts = run({"uv": UV, "validate": VALIDATE, "keep": True}, {}, host)["ansible_facts"]
     run({"uv": UV, "validate": VALIDATE}, {"ansible_facts": dict(facts, **probe.changed_fact({}, "venv"))}, host)
     run({"uv": dict(UV, version="0.13.8"), "validate": VALIDATE}, {"ansible_facts": facts}, host)
     run({"uv": UV, "validate": dict(VALIDATE, verify_all_files=True)}, {"ansible_facts": facts}, host)
     assert len(host.calls) == 4
+
+
+def test_without_keep_nothing_is_kept_and_nothing_is_reused_later():
+    host = Host()
+    facts = run({"uv": UV, "validate": VALIDATE}, {}, host)["ansible_facts"]
+    assert probe.FACT not in facts and facts["os_family"] == "Debian"
+    run({"uv": UV, "validate": VALIDATE}, {"ansible_facts": facts}, host)
+    assert len(host.calls) == 2
