@@ -92,7 +92,7 @@ class ActionModule(ActionBase):
             expected = dict((name, entry.version) for name, entry in lock.for_environment(markers).items())
         except LockError as exc:
             raise AnsibleActionFail("the lock does not fit this host: %s" % exc)
-        if plan["action"] == "none":
+        if plan["action"] == "none" and not plan.get("repairs"):
             result.update(outcome(plan, self._task.diff, predicted=self._task.check_mode))
             return result
         if self._task.check_mode:

@@ -94,7 +94,7 @@ class VenvStore(object):
         self.expected = dict((canonical_name(k), v) for k, v in (expected or {}).items()) if expected else None
         self.stem = lock_stem(self.lockfile_name)
         self.key = compute_key(lockfile_sha256, python, python_version, mpi4py_mode, self.build_variables,
-                               runner.no_binary, self.env)
+                               runner.no_binary, self.env, self.path)
         self.target = os.path.join(store, "%s-%s" % (self.stem, self.key[:12]))
 
     # -- inputs and state -----------------------------------------------------------------
@@ -125,6 +125,10 @@ class VenvStore(object):
     def defects(self, venv):
         """Why a venv of this key cannot be trusted as a whole ([] when it can): metadata,
         its lockfile copy, its manifest."""
+        unsafe = store_fs.venv_problems(venv)
+        if unsafe:
+            # Someone else could have written it (a store that was writable by others).
+            return [{"path": p["path"], "reason": "not trusted: %s" % p["reason"]} for p in unsafe]
         meta = store_fs.read_meta(venv)
         if not meta or meta.get("key") != self.key or not store_fs.is_venv(venv):
             return [{"path": store_fs.META_FILE, "reason": "missing, unreadable or of another key"}]
@@ -175,7 +179,12 @@ class VenvStore(object):
         """What a sync would do: ``{action: none|flip|build, current, target, drift, changes}``."""
         state, current = self.check_inputs()
         current = current if state == "link" else None
-        plan = {"current": current, "target": self.target, "key": self.key, "changes": [], "drift": False}
+        try:
+            repairs = store_fs.secure_store(self.store, check=True)
+        except store_fs.UnsafeStore as exc:
+            raise SyncError(str(exc), "unsafe-store")
+        plan = {"current": current, "target": self.target, "key": self.key, "changes": [], "drift": False,
+                "repairs": repairs}
         if current and self.ours(current):
             # The manifest first: uv does not re-hash installed files nor look beyond dist-info,
             # and its check runs the venv's Python, which a tampered .pth would hijack.
@@ -237,16 +246,16 @@ class VenvStore(object):
         the flip on any failure (``locked`` when another run held the store for too long).
         """
         try:
-            os.makedirs(self.store, 0o755)
-        except OSError:
-            if not os.path.isdir(self.store):
-                raise
-        try:
+            repairs = store_fs.secure_store(self.store)
             with store_fs.store_lock(self.store, self.lock_timeout,
                                      "plan %s for %s" % (self.path, self.lockfile_name)) as holder:
-                return self._sync_locked(lockfile, holder)
+                plan = self._sync_locked(lockfile, holder)
         except store_fs.LockTimeout as exc:
             raise SyncError(str(exc), "locked")
+        except store_fs.UnsafeStore as exc:
+            raise SyncError(str(exc), "unsafe-store")
+        plan["repairs"] = repairs
+        return plan
 
     def _sync_locked(self, lockfile, holder):
         plan = self.plan()
@@ -335,6 +344,7 @@ class VenvStore(object):
         """lockstep.json, then the manifest of the whole tree, and the RECORD check done
         with the manifest's hashes (each file read once). Returns (manifest, RECORD mismatches)."""
         self._write_meta(target)
+        store_fs.harden_tree(target)
         sealed = manifest.build(os.path.realpath(target), clock=self.clock)
         return sealed, manifest.record_mismatches(sealed, guess_site_packages(os.path.realpath(target)))
 
@@ -369,8 +379,15 @@ class VenvStore(object):
         """Compile every module now (imports stay fast without writing), then guard the venv
         against any later bytecode write (see the module docstring)."""
         sites = guess_site_packages(target)
-        result = self.uv.run([os.path.join(target, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
-                              "--invalidation-mode", "timestamp"] + sites, dict(self.uv.env(), PYTHONHASHSEED="0"))
+        # Reproducible: the source's hash instead of its mtime in each header, and the stable
+        # venv_path instead of the store directory as the recorded file name (import puts the
+        # real one back), so two hosts with the same lock compile the same bytes (content_digest).
+        # Unchecked: the manifest, not Python, notices an edited source.
+        real = os.path.realpath(target)
+        sites = [os.path.realpath(site) for site in sites]
+        result = self.uv.run([os.path.join(real, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
+                              "--invalidation-mode", "unchecked-hash", "-s", real, "-p", self.path] + sites,
+                             dict(self.uv.env(), PYTHONHASHSEED="0"))
         # rc 1: some file is not valid Python (test data, templates); importing it fails anyway.
         if result.rc not in (0, 1):
             raise SyncError("compiling the bytecode of the new venv failed (%s): %s"
@@ -380,7 +397,8 @@ class VenvStore(object):
 
     def _write_meta(self, target):
         meta = {
-            "format": FORMAT, "key": self.key, "path": self.path, "lock_sha256": self.lockfile_sha256,
+            "format": FORMAT, "key": self.key, "path": self.path, "previous": self.previous_link,
+            "lock_sha256": self.lockfile_sha256,
             "lock_name": self.lockfile_name, "python": self.python, "python_version": self.python_version,
             "mpi4py_mode": self.mpi4py_mode, "build_variables": self.build_variables, "uv": self.uv.version(),
             "validate_imports": self.validate_imports, "created": self.clock(),

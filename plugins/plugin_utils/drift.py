@@ -124,6 +124,7 @@ def integrity_findings(facts, changed=()):
             files.append(dict((k, finding[k]) for k in ("path", "reason", "type", "expected", "actual", "size")
                               if k in finding))
     errors = [integrity["error"]] if integrity.get("error") else []
+    errors += ["unsafe store: %s: %s" % (u["path"], u["reason"]) for u in integrity.get("unsafe") or []]
     if integrity.get("truncated"):
         errors.append("%d more findings not listed" % integrity["truncated"])
     return files, errors, explained
@@ -190,7 +191,7 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True):
     problems += ["extra %s==%s" % (e["name"], e["version"]) for e in extra]
     problems += ["version %s: %s installed, %s locked" % (m["name"], m["installed"], m["expected"]) for m in mismatched]
     problems += [
-        "tampered %s: %s (%s)" % (t["name"], f["path"], f["reason"]) for t in drift["tampered"] for f in t["files"]
+        "tampered %s: %s (%s)" % (t["name"], f["path"], _tamper_reason(f)) for t in drift["tampered"] for f in t["files"]
     ]
     problems += ["file %s: %s" % (f["path"], _file_reason(f)) for f in files]
     problems += ["integrity: %s" % e for e in integrity_errors]
@@ -221,6 +222,12 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True):
         "checks": checks,
         "fingerprint": fingerprint(facts),
     }
+
+
+def _tamper_reason(finding):
+    if finding["reason"] in ("owner", "mode") and finding.get("actual"):
+        return "%s %s, manifest: %s" % (finding["reason"], finding["actual"], finding.get("expected"))
+    return finding["reason"]
 
 
 def _file_reason(finding):

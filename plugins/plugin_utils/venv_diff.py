@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
-           "missing_packages", "msg")
+           "missing_packages", "msg", "repairs")
 
 
 def package_diff(before, after):
@@ -52,7 +52,7 @@ def outcome(res, want_diff, predicted):
     after = res.get("after", before) or {}
     tampered = res.get("tampered") or []
     changed = res.get("action", "none") != "none"
-    out["changed"] = changed
+    out["changed"] = changed or bool(res.get("repairs"))
     out["changes"] = (package_diff(before, after) + list(tampered)) if changed else []
     if want_diff and changed:
         out["diff"] = render_diff(before, after, res.get("before_env") or {}, res.get("after_env") or {},
@@ -61,4 +61,6 @@ def outcome(res, want_diff, predicted):
         verb = "would" if predicted else "did"
         out["msg"] = {"none": "the venv is the lock", "flip": "%s flip to a kept venv" % verb,
                       "build": "%s build a new venv" % verb}.get(res.get("action"), res.get("action"))
+        if res.get("repairs"):
+            out["msg"] += "; " + "; ".join(res["repairs"])
     return out
