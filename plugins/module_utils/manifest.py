@@ -255,6 +255,19 @@ def content_digest(manifest, bytecode=True):
             "by_package": dict((name, digest.hexdigest()) for name, digest in sorted(packages.items()))}
 
 
+def package_digests(manifest):
+    """``{"name==version": sha256}`` of each installed distribution's files as they came from
+    its wheel (content_digest without bytecode, which the build compiles itself): what two
+    builds from the same wheel on one host must share, wherever the venv lives."""
+    versions = {}
+    for rel, row in manifest["entries"].items():
+        if row[0] == "dir" and rel.endswith(".dist-info") and "/site-packages/" in "/" + rel:
+            name, version = dist_of(rel)
+            versions[canonical_name(name)] = version
+    digests = content_digest(manifest, bytecode=False)["by_package"]
+    return dict(("%s==%s" % (name, versions[name]), digest) for name, digest in digests.items() if name in versions)
+
+
 def write(path, manifest):
     """Atomically, root's 0644 (readable by the validator run as any user)."""
     store_fs.write_atomic(path, json.dumps(manifest, separators=(",", ":"), sort_keys=True), 0o644)

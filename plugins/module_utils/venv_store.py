@@ -93,6 +93,8 @@ class VenvStore(object):
         # {name: version} the controller derived from the lockfile for this Python (or None).
         self.expected = dict((canonical_name(k), v) for k, v in (expected or {}).items()) if expected else None
         self.stem = lock_stem(self.lockfile_name)
+        # What the last build fetched again and what it took from uv's cache (see build).
+        self.cache_check = None
         self.key = compute_key(lockfile_sha256, python, python_version, mpi4py_mode, self.build_variables,
                                runner.no_binary, self.env, self.path)
         self.target = os.path.join(store, "%s-%s" % (self.stem, self.key[:12]))
@@ -267,6 +269,7 @@ class VenvStore(object):
             self._drop_from_cache(plan["changes"])
             plan["sync_changes"] = self.build(plan["target"], lockfile)
             plan["built"] = True
+            plan["cache_check"] = self.cache_check
         holder.doing("flip %s to %s" % (self.path, plan["target"]))
         # What is live now, not what the plan saw: if anything flipped it meanwhile (a store
         # lock that does not hold, e.g. on a file system without flock), that venv is the one
@@ -300,12 +303,15 @@ class VenvStore(object):
 
     def _drop_from_cache(self, changes):
         names = sorted(set(c["name"] for c in changes if c.get("action") == "tampered" and c["name"] != UNOWNED))
-        if not names:
-            return
+        if names:
+            self._clean_cache(names, "tampered packages ")
+
+    def _clean_cache(self, names, what=""):
+        """Drop ``names`` (every entry when empty) from uv's cache."""
         result = self.uv.cache_clean(names)
         if result.rc != 0:
-            raise SyncError("cannot drop the tampered packages %s from the uv cache: %s"
-                            % (", ".join(names), result.err.strip()), "cache", result.err)
+            raise SyncError("cannot drop the %s%s from the uv cache: %s"
+                            % (what, ", ".join(names) or "whole cache", result.err.strip()), "cache", result.err)
 
     def build(self, target, lockfile):
         if os.path.realpath(target) in store_fs.live_targets([self.path, self.previous_link]):
@@ -319,17 +325,32 @@ class VenvStore(object):
             store_fs.remove_venv(target)  # an interrupted earlier build, or a stale kept venv
         store_fs.mark_building(target, self.path)
         try:
-            changes = self._build(target, lockfile)
+            references = self.references(exclude=target)
+            refresh = self._to_refresh(references)
+            changes = self._build(target, lockfile, refresh)
             sealed, bad = self._seal(target)
-            if bad:
-                # A poisoned cache gives a fresh venv with edited files: purge, build once more.
-                self._drop_from_cache(group_findings(target, [{"path": p, "reason": "modified"} for p in bad]))
+            differ = self._differ(sealed, references)
+            if bad or differ:
+                # A poisoned cache gives a fresh venv with edited files (RECORD edited too: only
+                # the copy sealed earlier on this host tells): purge, build once more from files
+                # uv checks against the lock's hashes.
+                if differ and not self._can_refetch():
+                    raise SyncError("the uv cache's copy of %s differs from the copy sealed in %s, and with "
+                                    "venv_offline and no find-links there is nothing to fetch it again from: clean "
+                                    "the cache (uv cache clean %s) and run with network access"
+                                    % (", ".join(sorted(differ)), ", ".join(sorted(set(differ.values()))),
+                                       " ".join(sorted(n.split("==")[0] for n in differ))), "cache")
+                names = [n.split("==")[0] for n in differ]
+                self._drop_from_cache(group_findings(target, [{"path": p, "reason": "modified"} for p in bad])
+                                      + [{"name": n, "action": "tampered"} for n in names])
                 store_fs.remove_tree(target)
-                changes = self._build(target, lockfile)
+                changes = self._build(target, lockfile, True if refresh is True else sorted(set(refresh) | set(names)))
                 sealed, bad = self._seal(target)
                 if bad:
                     raise SyncError("a freshly built venv has files that differ from their RECORD (%s); the "
                                     "packages themselves are bad" % ", ".join(bad[:20]), "tampered")
+            self.cache_check = {"refreshed": "all" if refresh is True else sorted(refresh),
+                                "trusted": len(references), "replaced": sorted(differ)}
             # The manifest is written last: from now on the venv is complete.
             manifest.write(manifest.location(target), sealed)
             os.unlink(target + store_fs.BUILDING_SUFFIX)
@@ -340,6 +361,51 @@ class VenvStore(object):
             store_fs.remove_venv(target)
             raise
 
+    # -- the uv cache is not trusted blindly ---------------------------------------------------
+
+    def references(self, exclude=None):
+        """``{"name==version": (digest, venv)}``: each package as sealed in a complete venv of
+        this store for the same Python (store_fs.venv_problems: root's, nobody else can write
+        it). A package got there fetched afresh or equal to an earlier such copy, so it is
+        what its hash-checked wheel holds."""
+        found = {}
+        try:
+            names = sorted(os.listdir(self.store))
+        except OSError:
+            return found
+        for name in names:
+            venv = os.path.join(self.store, name)
+            meta = store_fs.read_meta(venv) if not name.startswith(".") and os.path.isdir(venv) else None
+            if not meta or os.path.realpath(venv) == os.path.realpath(exclude or "") or meta.get("format") != FORMAT \
+                    or meta.get("python") != self.python or store_fs.build_in_progress(venv) \
+                    or os.path.exists(venv + store_fs.BUILDING_SUFFIX) or store_fs.venv_problems(venv):
+                continue
+            try:
+                sealed = manifest.load(manifest.location(venv))
+            except manifest.ManifestError:
+                continue
+            for package, digest in manifest.package_digests(sealed).items():
+                found.setdefault(package, (digest, venv))
+        return found
+
+    def _can_refetch(self):
+        return not self.uv.offline or bool(self.uv.find_links)
+
+    def _to_refresh(self, references):
+        """What the build fetches again instead of taking from uv's cache: every package no
+        venv of this store holds yet (all of them without the controller's package set)."""
+        if not self._can_refetch():
+            return []
+        if self.expected is None:
+            return True
+        fresh = sorted(n for n, v in self.expected.items() if "%s==%s" % (n, v) not in references)
+        return True if len(fresh) == len(self.expected) else fresh
+
+    def _differ(self, sealed, references):
+        """``{"name==version": venv}`` for packages whose files differ from the copy sealed in ``venv``."""
+        return dict((package, references[package][1]) for package, digest in manifest.package_digests(sealed).items()
+                    if package in references and references[package][0] != digest)
+
     def _seal(self, target):
         """lockstep.json, then the manifest of the whole tree, and the RECORD check done
         with the manifest's hashes (each file read once). Returns (manifest, RECORD mismatches)."""
@@ -348,7 +414,7 @@ class VenvStore(object):
         sealed = manifest.build(os.path.realpath(target), clock=self.clock)
         return sealed, manifest.record_mismatches(sealed, guess_site_packages(os.path.realpath(target)))
 
-    def _build(self, target, lockfile):
+    def _build(self, target, lockfile, refresh=None):
         result = self.uv.create_venv(target, self.python)
         if result.rc != 0:
             raise SyncError("cannot create a venv with Python %s: %s" % (self.python, (result.err or result.out).strip()),
@@ -360,7 +426,11 @@ class VenvStore(object):
         if config:
             config_path = os.path.join(target, UV_CONFIG_FILE)
             store_fs.write_atomic(config_path, config)
-        result = self.uv.sync(os.path.join(target, "bin", "python"), copy, config_file=config_path)
+        if refresh and self.uv.offline:
+            # uv refuses --refresh offline: drop the entries, uv unpacks the local files again.
+            self._clean_cache([] if refresh is True else refresh)
+            refresh = None
+        result = self.uv.sync(os.path.join(target, "bin", "python"), copy, config_file=config_path, refresh=refresh)
         report = parse_uv_json(result.out)
         if result.rc != 0 or report is None:
             kind, message = classify_failure(result, self.uv.offline, self.uv.cache_dir, self.lockfile_name,

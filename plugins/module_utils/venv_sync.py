@@ -236,7 +236,7 @@ def run(params, check_mode, base_env=None):
         if p["stage"] == "apply":
             result.update(changed=plan["action"] != "none" or bool(result["repairs"]), built=plan["built"],
                           pruned=plan["pruned"],
-                          sync_changes=plan["sync_changes"])
+                          sync_changes=plan["sync_changes"], cache_check=plan.get("cache_check"))
             if plan["action"] == "build":
                 result["after"] = store.packages(plan["target"])
         return result

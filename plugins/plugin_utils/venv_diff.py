@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
-           "missing_packages", "msg", "repairs")
+           "missing_packages", "msg", "repairs", "cache_check")
 
 
 def package_diff(before, after):
