@@ -80,6 +80,7 @@ class ActionModule(ActionBase):
         if airgap:
             module_args.update(airgap.module_overrides())
         plan = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        plan = remote.killed(plan, MODULE, "checked the venv %s" % args["path"], "nothing was changed")
         if plan.get("failed") or plan.get("unreachable"):
             result.update(plan)
             return result
@@ -118,6 +119,10 @@ class ActionModule(ActionBase):
                 module_args.update(wheelhouse_incoming=incoming, wheelhouse_files=airgap.selected, lockfile_sha256=sha)
             module_args.update(stage="apply", remote_lockfile=self._push_lock(path, text), expected=expected)
             applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+            applied = remote.killed(
+                applied, MODULE, "built a new venv for %s" % args["path"],
+                "%s still points at a complete, sealed venv (the flip is one rename) and the next run removes "
+                "any half-built one in %s" % (args["path"], args["store"]))
         finally:
             remote.cleanup(self)
         if applied.get("failed") or applied.get("unreachable"):
