@@ -23,6 +23,8 @@ ARGUMENT_SPEC = dict(
     run_id=dict(type="str", required=True),
     fail_on_drift=dict(type="bool", default=False),
     cluster_var=dict(type="str", default="_validate_cluster"),
+    # What a host registered while provisioned: why it left the play before the check.
+    earlier_vars=dict(type="dict", default={"_venv_sync": "the venv role (uv_sync)"}),
 )
 
 
@@ -53,6 +55,14 @@ class ActionModule(ActionBase):
             value = hostvars[host].get(args["result_var"]) if host in hostvars else None
             # Templating the registered dict gives plain data to serialize.
             results[host] = self._templar.template(value) if value is not None else None
+            if results[host] is None and host in hostvars:
+                for var, what in sorted(args["earlier_vars"].items()):
+                    registered = hostvars[host].get(var)
+                    earlier = report.earlier_failure(what, self._templar.template(registered)
+                                                     if registered is not None else None)
+                    if earlier:
+                        results[host] = earlier
+                        break
         lock = next((r["lock"] for r in results.values() if r and r.get("lock")), None)
         # The launching host's registered cluster smoke result; the others skipped the task.
         registered = [hostvars[h].get(args["cluster_var"]) for h in args["hosts"]
@@ -61,6 +71,8 @@ class ActionModule(ActionBase):
         cluster = self._templar.template(cluster) if cluster is not None else None
         try:
             built = report.write(os.path.abspath(args["dest"]), args["run_id"], args["hosts"], results, lock, cluster)
+        except report.ReportError as exc:
+            raise AnsibleActionFail(str(exc))
         except (IOError, OSError) as exc:
             raise AnsibleActionFail("cannot write reports under %s: %s" % (args["dest"], to_native(exc)))
         result.update(

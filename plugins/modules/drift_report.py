@@ -16,7 +16,8 @@ description:
   - Reads each host's registered M(lockstep.cluster.env_drift) result from C(hostvars) and
     writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (one row per
     host, cross-host consistency, unreachable hosts, findings) and C(junit.xml) (one testcase
-    per host and check), then points O(dest)/C(latest) at that directory.
+    per host and check), then points O(dest)/C(latest) at that directory (a C(latest) that is not
+    a symlink is left as it is and fails the task, naming it: it would be stale).
   - A host without a result (it left the play earlier) or with an unreachable or failed
     result is reported as such, never dropped.
   - Hosts are grouped by fingerprint; hosts outside the largest group are called out with
@@ -66,6 +67,13 @@ options:
       - Whether or not it ran, the hosts that were checked are compared (the cross-host gate).
     type: str
     default: _validate_cluster
+  earlier_vars:
+    description:
+      - Variables a host registered while it was provisioned (name to what set it). For a host that
+        left the play before the check, a failed one says why in the summary (for example the venv
+        build killed on the host) instead of calling it unreachable.
+    type: dict
+    default: {_venv_sync: the venv role (uv_sync)}
 notes:
   - Use with C(run_once).
   - "The Cluster section of C(summary.md) and the C(cluster) testsuite of C(junit.xml): the

@@ -24,6 +24,23 @@ STATUSES = ("ok", "drift", "error", "unreachable")
 COLUMNS = ("host", "status", "missing", "extra", "mismatched", "tampered", "gpu", "mpi", "abi", "smoke", "fingerprint")
 
 
+class ReportError(Exception):
+    """The reports were written, but something around them is wrong (names the path)."""
+
+
+def earlier_failure(name, registered):
+    """A stand-in result for a host that left the play before the check, from what it
+    registered while it was provisioned (``registered``: the venv task's result): why it left,
+    so the summary says "killed while building" rather than "unreachable". None when it
+    tells nothing."""
+    if not isinstance(registered, dict) or not (registered.get("failed") or registered.get("unreachable")):
+        return None
+    msg = str(registered.get("msg") or "failed").strip().splitlines()[0]
+    if registered.get("unreachable"):
+        return {"unreachable": True, "msg": "unreachable during %s: %s" % (name, msg)}
+    return {"failed": True, "msg": "site.yml failed on this host before the check, in %s: %s" % (name, msg)}
+
+
 def host_status(result):
     """Normalize what a host left behind: an env_drift result, a failed or unreachable task
     result, or nothing (the host left the play before the check ran)."""
@@ -258,12 +275,16 @@ def write(directory, run_id, hosts, results, lock=None, cluster=None):
         files.append(cluster_report.write_json(target, report["cluster"], cluster))
     # reports/latest -> the newest run, for people and CI steps that do not know the run id.
     latest = os.path.join(directory, "latest")
-    if os.path.islink(latest) or not os.path.exists(latest):
-        tmp_link = latest + ".tmp"
-        if os.path.islink(tmp_link):
-            os.unlink(tmp_link)
-        os.symlink(os.path.basename(target), tmp_link)
-        os.rename(tmp_link, latest)
     report["directory"] = target
     report["files"] = files
+    if os.path.lexists(latest) and not os.path.islink(latest):
+        # Not ours to delete (someone's copy?); left as it is, it would silently be stale.
+        raise ReportError("%s is a %s, not the symlink to the newest run: it was left as it is and is now stale "
+                          "(this run's reports are in %s); move it away so the next run can point it at the "
+                          "newest reports" % (latest, "directory" if os.path.isdir(latest) else "file", target))
+    tmp_link = latest + ".tmp"
+    if os.path.islink(tmp_link):
+        os.unlink(tmp_link)
+    os.symlink(os.path.basename(target), tmp_link)
+    os.rename(tmp_link, latest)
     return report
