@@ -318,6 +318,9 @@ def open_lock(store):
         if exc.errno == errno.ELOOP:
             raise UnsafeStore("refusing the lock file %s: it is a symlink (to %s); remove it"
                               % (path, os.readlink(path)))
+        problems = file_problems(path) if os.path.lexists(path) else []
+        if problems:
+            raise UnsafeStore("refusing the lock file %s: %s; remove it" % (path, describe_problems(problems)))
         raise UnsafeStore("cannot open the lock file %s: %s" % (path, exc.strerror or exc))
     problems = file_problems(path, os.fstat(fd))
     if problems:
@@ -500,6 +503,16 @@ def recorded_links(store, names=None):
     return sorted(link for link in links if isinstance(link, str) and os.path.isabs(link))
 
 
+def sibling_links(path):
+    """Symlinks beside ``path`` (other venv_paths of a host usually live together): one that
+    an older layout shared a venv directory with is recorded nowhere else."""
+    parent = os.path.dirname(path)
+    try:
+        return [os.path.join(parent, name) for name in os.listdir(parent) if os.path.islink(os.path.join(parent, name))]
+    except OSError:
+        return []
+
+
 def live_targets(links):
     """Real directories the given symlinks point to now (current, previous)."""
     return [os.path.realpath(link) for link in links if link and os.path.islink(link)]
@@ -520,7 +533,7 @@ def prune(store, path, stem, protect, keep):
     names = os.listdir(store)
     # Whatever any venv_path synced into this store (or its rollback link) points to now is
     # live, whoever built it: an older layout let two paths share one directory.
-    protect.update(os.path.realpath(t) for t in live_targets(recorded_links(store, names)))
+    protect.update(os.path.realpath(t) for t in live_targets(recorded_links(store, names) + sibling_links(path)))
     for name in names:
         full = os.path.join(store, name)
         if not os.path.isdir(full) or os.path.islink(full) or name.startswith("."):
