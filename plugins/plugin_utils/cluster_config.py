@@ -231,11 +231,7 @@ def verified_pair(private, public):
     half only its owner can read, that parses as an OpenSSH ed25519 key, and whose public
     half is the one in ``public``. Never shows key material."""
     problems = file_problems(private) + file_problems(public)
-    try:
-        mode = os.lstat(private).st_mode & 0o077
-    except OSError:
-        mode = 0
-    if mode:
+    if not problems and os.lstat(private).st_mode & 0o077:
         problems.append({"path": private, "reason": "readable by group or others (mode %04o; OpenSSH refuses it)"
                          % (os.lstat(private).st_mode & 0o7777)})
     if problems:
