@@ -22,8 +22,9 @@ description:
   - "Integrity (O(verify_files)): a venv built by M(lockstep.cluster.uv_sync) is compared,
     entry by entry, with the manifest written beside it in the venv store before it went live
     (C(<store>/<venv>.manifest.json), not writable through the venv): new, missing and changed
-    files anywhere in the tree (site-packages, C(bin/), C(.pth), C(__pycache__)), mode and
-    symlink changes. A venv lockstep.cluster did not build (no manifest, no store around it) is
+    files anywhere in the tree (site-packages, C(bin/), C(.pth), C(__pycache__)), mode, owner and
+    symlink changes, and a store, venv directory, manifest or lock file that someone other than
+    root could write or swap (an unsafe store is a failure). A venv lockstep.cluster did not build (no manifest, no store around it) is
     checked against its distributions' C(RECORD) instead, every file re-hashed; one that was
     built by it but lost its manifest is a failure."
   - GPU packages (the collection's shared GPU rule, for example C(nvidia-*)) found in the
@@ -307,6 +308,9 @@ integrity:
     - How the files were checked (C(method) V(manifest), V(record) or V(off)), the C(manifest) path, C(findings)
       (C(path) relative to the venv, C(reason), C(owner) package), C(files) and C(rehashed) counts, C(error) when a
       lockstep venv's manifest is missing or unreadable, C(note) for a venv without one.
+    - For a lockstep venv, C(unsafe) (C(path), C(reason)) lists what would let someone other than root swap the
+      venv or rewrite its manifest (each one fails the C(integrity) check), and C(content_digest) (C(sha256),
+      C(entries), C(by_package)) is the venv's bytes as every host with the same lock must have them.
   returned: always
   type: dict
 distributions:
