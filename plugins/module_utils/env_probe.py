@@ -100,7 +100,7 @@ def integrity_facts(venv_real, site_packages, params):
     # Whoever can write the store can swap the venv and rewrite its manifest to match: an
     # unsafe store is a failure, whatever the tree looks like.
     # Same lock, same bytes: what the other hosts' venvs must equal (manifest.content_digest).
-    facts["content_digest"] = manifest.content_digest(data)
+    facts["content_digest"] = data.get("content_digest") or manifest.content_digest(data)
     facts["unsafe"] = store_fs.audit(params["venv"], venv_real) + [
         {"path": os.path.join(venv_real, rel), "reason": "sealed writable by group or others"}
         for rel in manifest.unsafe_entries(data)]

@@ -412,6 +412,7 @@ class VenvStore(object):
         self._write_meta(target)
         store_fs.harden_tree(target)
         sealed = manifest.build(os.path.realpath(target), clock=self.clock)
+        sealed["content_digest"] = manifest.content_digest(sealed)  # computed once, read by every probe
         return sealed, manifest.record_mismatches(sealed, guess_site_packages(os.path.realpath(target)))
 
     def _build(self, target, lockfile, refresh=None):
