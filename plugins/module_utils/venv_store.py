@@ -351,6 +351,10 @@ class VenvStore(object):
                                     "packages themselves are bad" % ", ".join(bad[:20]), "tampered")
             self.cache_check = {"refreshed": "all" if refresh is True else sorted(refresh),
                                 "trusted": len(references), "replaced": sorted(differ)}
+            if refresh or differ:
+                # A refetched package leaves its old copy behind, unreachable: without this
+                # the cache grows by the whole lock on every such build.
+                self.uv.run([self.uv.uv, "cache", "prune"] + self.uv.common())
             # The manifest is written last: from now on the venv is complete.
             manifest.write(manifest.location(target), sealed)
             os.unlink(target + store_fs.BUILDING_SUFFIX)

@@ -457,6 +457,8 @@ def test_a_warm_build_takes_what_the_store_already_sealed_from_the_cache(house):
     clean = [c["argv"] for c in second.uv.commands if c["argv"][1:3] == ["cache", "clean"]]
     assert clean == [[UV, "cache", "clean", "beta", "--cache-dir", str(house["tmp"] / "cache"), "--offline"]]
     assert len(sync_argv) == 1
+    # beta's old copy is unreachable now: pruned, so refetching never grows the cache for good
+    assert [c["argv"][1:3] for c in second.uv.commands].count(["cache", "prune"]) == 1
 
 
 # ---------------------------------------------------------------- killed and hung builds
