@@ -17,7 +17,7 @@ description:
     writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (one row per
     host, cross-host consistency, unreachable hosts, findings) and C(junit.xml) (one testcase
     per host and check), then points O(dest)/C(latest) at that directory (a C(latest) that is not
-    a symlink is left as it is and fails the task, naming it: it would be stale).
+    a symlink is left as it is and fails the task, naming it, since it would be stale).
   - A host without a result (it left the play earlier) or with an unreachable or failed
     result is reported as such, never dropped.
   - Hosts are grouped by fingerprint; hosts outside the largest group are called out with
