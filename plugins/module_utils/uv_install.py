@@ -26,7 +26,6 @@ import json
 import os
 import re
 import tempfile
-import time
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, os_packages, proc, store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.uv_archive import BINARIES, ArchiveError, download, extract, verify
