@@ -31,6 +31,8 @@ ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),
     run_id=dict(type="str", required=True),
     fail_on_drift=dict(type="bool", default=False),
+    # What a host registered while provisioned: why it left the play before the check.
+    earlier_vars=dict(type="dict", default={"_venv_sync": "the venv role"}),
 )
 
 
@@ -62,6 +64,11 @@ class ActionModule(ActionBase):
         hostvars = task_vars.get("hostvars", {})
         path, lock = read_lock(self, args["lockfile"])
         probes = dict((h, self._registered(hostvars, h, args["probe_var"])) for h in args["hosts"])
+        for host in [h for h in args["hosts"] if probes[h] is None]:
+            for var, what in sorted(args["earlier_vars"].items()):
+                probes[host] = validate.earlier_failure(what, self._registered(hostvars, host, var))
+                if probes[host]:
+                    break
         launches = [self._registered(hostvars, h, args["cluster_var"]) for h in args["hosts"]]
         expected = {} if "cluster" in args["roles"] else None
         if args["cluster"]:
@@ -79,6 +86,8 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("the lock does not fit a host: %s" % to_native(exc))
         try:
             built = validate_report.write(os.path.abspath(args["dest"]), args["run_id"], verdict)
+        except validate_report.ReportError as exc:
+            raise AnsibleActionFail(str(exc))
         except (IOError, OSError) as exc:
             raise AnsibleActionFail("cannot write reports under %s: %s" % (args["dest"], to_native(exc)))
         statuses = dict((h, s[0]) for h, s in verdict["statuses"].items())

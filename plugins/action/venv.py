@@ -59,8 +59,11 @@ class ActionModule(ActionBase):
         module_args = dict(self._task.args, stage="plan", **prepared["module_overrides"])
         # This run's probe asked the host the same question: its plan, without a round trip.
         answered = probe.section(task_vars, "venv", dict(self._task.args, **prepared["module_overrides"]))
-        plan = answered["result"] if answered and not answered["result"].get("failed") else \
-            self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+        if answered and not answered["result"].get("failed"):
+            plan = answered["result"]
+        else:
+            plan = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+            plan = remote.killed(plan, MODULE, "checked the venv %s" % args["path"], "nothing was changed")
         if plan.get("failed") or plan.get("unreachable"):
             result.update(plan)
             return result
@@ -73,7 +76,7 @@ class ActionModule(ActionBase):
             expected = dict((name, entry.version) for name, entry in lock.for_environment(markers).items())
         except LockError as exc:
             raise AnsibleActionFail("the lock does not fit this host: %s" % exc)
-        if plan["action"] == "none":
+        if plan["action"] == "none" and not plan.get("repairs"):
             result.update(outcome(plan, self._task.diff, predicted=self._task.check_mode))
             return self._facts(result, task_vars)
         if self._task.check_mode:
@@ -100,6 +103,10 @@ class ActionModule(ActionBase):
                 module_args.update(wheelhouse_incoming=incoming, wheelhouse_files=airgap.selected, lockfile_sha256=sha)
             module_args.update(stage="apply", remote_lockfile=self._push_lock(path, prepared["text"]), expected=expected)
             applied = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+            applied = remote.killed(
+                applied, MODULE, "built a new venv for %s" % args["path"],
+                "%s still points at a complete, sealed venv (the flip is one rename) and the next run removes "
+                "any half-built one in %s" % (args["path"], args["store"]))
         finally:
             remote.cleanup(self)
         if applied.get("failed") or applied.get("unreachable"):

@@ -23,10 +23,6 @@ import multiprocessing
 import os
 import re
 
-from ansible.module_utils.facts.system.distribution import DistributionFactCollector
-from ansible.module_utils.facts.system.platform import PlatformFactCollector
-from ansible.module_utils.facts.system.ssh_pub_keys import SshPubKeyFactCollector
-
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
 
 
@@ -280,6 +276,11 @@ FACT_KEYS = ("distribution", "distribution_release", "distribution_version", "di
 def os_facts(module):
     """The OS facts of this host, collected by Ansible's own collectors (the ``min`` subset's
     distribution, platform and SSH host key facts) in this module run."""
+    # Imported here: the rest of this file also runs as plain stdlib code (manifest checks).
+    from ansible.module_utils.facts.system.distribution import DistributionFactCollector
+    from ansible.module_utils.facts.system.platform import PlatformFactCollector
+    from ansible.module_utils.facts.system.ssh_pub_keys import SshPubKeyFactCollector
+
     found = {}
     for collector in (DistributionFactCollector(), PlatformFactCollector(), SshPubKeyFactCollector()):
         found.update(collector.collect(module=module, collected_facts=found) or {})

@@ -34,7 +34,8 @@ from ansible_collections.lockstep.cluster.plugins.module_utils.distributions imp
 from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import MANIFEST_SUFFIX
 
-FORMAT = 1
+# 2: each entry's owner and group (uid, gid).
+FORMAT = 2
 # Files read by each forked worker; below PARALLEL_MIN a fork costs more than it saves.
 PARALLEL_MIN = 2000
 WORKERS = min(8, os.cpu_count() or 1)
@@ -42,6 +43,8 @@ WORKERS = min(8, os.cpu_count() or 1)
 MAX_FINDINGS = 500
 _CHUNK = 1 << 20
 _KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "link"))
+# Stands for the venv's own real path in a portable hash (script shebangs, activate).
+PLACEHOLDER = b"<venv>"
 
 
 class ManifestError(Exception):
@@ -86,41 +89,55 @@ def scan(root):
     return dict(walk(root))
 
 
-def digest_file(path):
-    """hex sha256 of a file, or None when it cannot be read."""
+def digest_file(path, needle=None):
+    """hex sha256 of a file, or None when it cannot be read. With ``needle`` (bytes):
+    ``(sha256, portable)``, where ``portable`` is the sha256 of the content with every
+    ``needle`` replaced by PLACEHOLDER, or None when the file does not contain it."""
     digest = hashlib.sha256()
+    found, tail = False, b""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except (IOError, OSError):
-        return None
+        return (None, None) if needle else None
     try:
         while True:
             chunk = os.read(fd, _CHUNK)
             if not chunk:
                 break
             digest.update(chunk)
+            if needle and not found:
+                found = needle in chunk or needle in tail + chunk[:len(needle)]
+                tail = chunk[-len(needle):]
+        portable = None
+        if found:
+            # Rare (scripts, activate): read it again whole, it is small.
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = b"".join(iter(lambda: os.read(fd, _CHUNK), b""))
+            portable = hashlib.sha256(data.replace(needle, PLACEHOLDER)).hexdigest()
     except (IOError, OSError):
-        return None
+        return (None, None) if needle else None
     finally:
         os.close(fd)
-    return digest.hexdigest()
+    return (digest.hexdigest(), portable) if needle else digest.hexdigest()
 
 
-def _digest_batch(paths):
-    return [digest_file(p) for p in paths]
+def _digest_batch(job):
+    paths, needle = job
+    return [digest_file(p, needle) for p in paths]
 
 
-def digest_many(paths, workers=WORKERS):
-    """sha256 of each path, in order; forked workers for big trees (threads would serialize
-    on the GIL for the many small files of a venv)."""
+def digest_many(paths, workers=WORKERS, needle=None):
+    """sha256 of each path (with ``needle``: ``(sha256, portable)``, see digest_file), in
+    order; forked workers for big trees (threads would serialize on the GIL for the many
+    small files of a venv)."""
     if workers <= 1 or len(paths) < PARALLEL_MIN:
-        return _digest_batch(paths)
+        return _digest_batch((paths, needle))
     size = -(-len(paths) // (workers * 4))  # a few batches per worker evens out big files
-    batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+    batches = [(paths[i:i + size], needle) for i in range(0, len(paths), size)]
     try:
         pool = multiprocessing.get_context("fork").Pool(workers)
     except (OSError, ValueError):
-        return _digest_batch(paths)
+        return _digest_batch((paths, needle))
     try:
         return [d for batch in pool.map(_digest_batch, batches) for d in batch]
     finally:
@@ -128,11 +145,12 @@ def digest_many(paths, workers=WORKERS):
         pool.join()
 
 
-def _row(st, content, owner):
-    """[kind, mode, size, sha256 | link target | None, ino, mtime_ns, ctime_ns, owner]"""
+def _row(st, content, owner, portable=None):
+    """[kind, mode, size, sha256 | link target | None, ino, mtime_ns, ctime_ns, distribution, uid, gid,
+    portable sha256 | None] (``portable``: see digest_file; None when the file does not name the venv)"""
     kind = _kind(st.st_mode)
     return [kind, stat.S_IMODE(st.st_mode), st.st_size if kind == "file" else 0, content,
-            st.st_ino, st.st_mtime_ns, st.st_ctime_ns, owner]
+            st.st_ino, st.st_mtime_ns, st.st_ctime_ns, owner, st.st_uid, st.st_gid, portable]
 
 
 def is_bytecode(rel):
@@ -167,15 +185,16 @@ def build(root, site_packages=None, workers=WORKERS, clock=time.time):
     the distribution it belongs to (from RECORD, as the wheels claim it at build time)."""
     stats = scan(root)
     files = sorted(p for p, st in stats.items() if stat.S_ISREG(st.st_mode))
-    digests = dict(zip(files, digest_many([os.path.join(root, p) for p in files], workers)))
+    needle = os.fsencode(root)
+    digests = dict(zip(files, digest_many([os.path.join(root, p) for p in files], workers, needle)))
     owned = _owner_map(root, guess_site_packages(root) if site_packages is None else site_packages)
     entries = {}
     for rel, st in stats.items():
-        content = None
+        content = portable = None
         if stat.S_ISLNK(st.st_mode):
             content = os.readlink(os.path.join(root, rel))
         elif stat.S_ISREG(st.st_mode):
-            content = digests[rel]
+            content, portable = digests[rel]
             if content is None:
                 raise ManifestError("cannot read %s while writing the manifest" % os.path.join(root, rel))
         owner = owned.get(rel)
@@ -184,8 +203,68 @@ def build(root, site_packages=None, workers=WORKERS, clock=time.time):
                 owner = owned.get(os.path.relpath(importlib.util.source_from_cache(os.path.join(root, rel)), root))
             except ValueError:
                 owner = None
-        entries[rel] = _row(st, content, owner)
+        entries[rel] = _row(st, content, owner, portable)
     return {"format": FORMAT, "root": root, "created": clock(), "entries": entries}
+
+
+def per_host(rel):
+    """Entries whose content is legitimately per host, left out of content_digest:
+    ``lockstep.json`` (build time, key, paths), ``pyvenv.cfg`` (the base interpreter's
+    directory and patch level: compared by the gate as the Python version) and each wheel's
+    RECORD (uv rewrites the rows of generated scripts, whose own content is digested)."""
+    parts = rel.split("/")
+    if rel in ("lockstep.json", "pyvenv.cfg"):
+        return True
+    return parts[-1] in ("RECORD", "direct_url.json") and len(parts) > 1 and parts[-2].endswith(".dist-info")
+
+
+def _material(root, rel, row):
+    """What one entry contributes to a content digest: its content, the venv's own path in it
+    replaced by PLACEHOLDER; a symlink out of the venv (``bin/python``: the base
+    interpreter, per host) only as a link."""
+    kind, content = row[0], row[3]
+    if kind == "file":
+        content = (row[10] if len(row) > 10 and row[10] else content)
+    elif kind == "link":
+        target = os.path.normpath(os.path.join(root, os.path.dirname(rel), content))
+        if not (target == root or target.startswith(root + "/")):
+            content = "(outside the venv)"
+        else:
+            content = content.replace(root, PLACEHOLDER.decode())
+    return "%s\0%s\0%s\n" % (rel, kind, content if kind != "dir" else "")
+
+
+def content_digest(manifest, bytecode=True):
+    """The venv's bytes as two hosts with the same lock must have them: sha256 over every
+    entry's path, kind and content (see per_host and _material), and the same per owning
+    distribution (``by_package``; files of none under ``(venv)``) so a differing host can be
+    narrowed to packages. ``bytecode`` False leaves ``__pycache__`` out (compiled per venv).
+    Reads no file: the manifest holds the hashes (verify() says whether the tree still does)."""
+    root, entries = manifest["root"], manifest["entries"]
+    total, packages, counted = hashlib.sha256(), {}, 0
+    for rel in sorted(entries):
+        row = entries[rel]
+        if per_host(rel) or (not bytecode and is_bytecode(rel)):
+            continue
+        line = _material(root, rel, row).encode("utf-8", "surrogateescape")
+        total.update(line)
+        packages.setdefault(row[7] or "(venv)", hashlib.sha256()).update(line)
+        counted += 1
+    return {"sha256": total.hexdigest(), "entries": counted,
+            "by_package": dict((name, digest.hexdigest()) for name, digest in sorted(packages.items()))}
+
+
+def package_digests(manifest):
+    """``{"name==version": sha256}`` of each installed distribution's files as they came from
+    its wheel (content_digest without bytecode, which the build compiles itself): what two
+    builds from the same wheel on one host must share, wherever the venv lives."""
+    versions = {}
+    for rel, row in manifest["entries"].items():
+        if row[0] == "dir" and rel.endswith(".dist-info") and "/site-packages/" in "/" + rel:
+            name, version = dist_of(rel)
+            versions[canonical_name(name)] = version
+    digests = content_digest(manifest, bytecode=False)["by_package"]
+    return dict(("%s==%s" % (name, versions[name]), digest) for name, digest in digests.items() if name in versions)
 
 
 def write(path, manifest):
@@ -204,17 +283,27 @@ def load(path):
         raise ManifestError("cannot read the manifest %s: %s" % (path, exc))
     except ValueError as exc:
         raise ManifestError("the manifest %s is not valid JSON: %s" % (path, exc))
+    if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] < FORMAT:
+        raise ManifestError("the manifest %s is of format %d, written by an older lockstep.cluster (it does not "
+                            "record owners): re-run site.yml to build a venv sealed with format %d"
+                            % (path, data["format"], FORMAT))
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
         raise ManifestError("the manifest %s is not a lockstep manifest of format %d" % (path, FORMAT))
     return data
+
+
+def unsafe_entries(manifest):
+    """Entries sealed writable by group or others (never, since builds harden the tree): an
+    entry anyone could change between two checks. ``[venv-relative path]``."""
+    return sorted(rel for rel, row in manifest["entries"].items() if row[0] != "link" and row[1] & 0o022)
 
 
 def verify(root, manifest, rehash_all=False, workers=WORKERS):
     """Compare the tree at ``root`` with ``manifest``.
 
     Returns ``{"findings": [...], "files": n, "rehashed": n, "truncated": n, "bytecode_missing": n}``;
-    each finding is ``{"path", "reason"}`` (new | missing | modified | type | mode | link |
-    unreadable), with ``owner`` when the manifest knows the file's distribution. Missing
+    each finding is ``{"path", "reason"}`` (new | missing | modified | type | mode | owner (uid:gid) |
+    link | unreadable | moved), with ``owner`` when the manifest knows the file's distribution. Missing
     bytecode is counted, not reported: without it Python compiles the verified source.
 
     One walk, one lstat per entry. An entry whose inode, ctime, mtime and size are as recorded
@@ -224,6 +313,10 @@ def verify(root, manifest, rehash_all=False, workers=WORKERS):
     recorded = manifest["entries"]
     findings, jobs, seen = [], [], set()
     files = 0
+    if manifest.get("root") and os.path.realpath(root) != manifest["root"]:
+        # Another venv's tree and manifest renamed into place (a store others could write).
+        findings.append({"path": ".", "reason": "moved", "expected": manifest["root"],
+                         "actual": os.path.realpath(root)})
     for path, st in walk(root):
         row = recorded.get(path)
         if row is None:
@@ -266,6 +359,10 @@ def _compare(root, rel, st, row, findings, jobs):
         return
     if stat.S_IMODE(st.st_mode) != mode:
         findings.append(_finding(rel, "mode", row, expected="%04o" % mode, actual="%04o" % stat.S_IMODE(st.st_mode)))
+    if (st.st_uid, st.st_gid) != tuple(row[8:10]):
+        # chown moves ctime: installed files handed to the benchmark user are tampering.
+        findings.append(_finding(rel, "owner", row, expected="%d:%d" % tuple(row[8:10]),
+                                 actual="%d:%d" % (st.st_uid, st.st_gid)))
     if kind == "link":
         target = os.readlink(os.path.join(root, rel))
         if target != content:

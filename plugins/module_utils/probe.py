@@ -169,6 +169,13 @@ def integrity_facts(venv_real, site_packages, params):
         facts["error"] = "%s: the venv cannot be verified (re-run site.yml to build a sealed one)" % exc
         return facts, dists
     facts.update(manifest.verify(venv_real, data, rehash_all=params["verify_all_files"]))
+    # Same lock, same bytes: what the other hosts' venvs must equal (manifest.content_digest).
+    facts["content_digest"] = data.get("content_digest") or manifest.content_digest(data)
+    # Whoever can write the store can swap the venv and rewrite its manifest to match: an
+    # unsafe store is a failure, whatever the tree looks like.
+    facts["unsafe"] = store_fs.audit(params["venv"], venv_real) + [
+        {"path": os.path.join(venv_real, rel), "reason": "sealed writable by group or others"}
+        for rel in manifest.unsafe_entries(data)]
     manifest.attribute(facts["findings"], venv_real, site_packages)
     by_name = dict((distributions.canonical_name(d["name"]), d) for d in dists)
     for dist in dists:

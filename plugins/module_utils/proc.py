@@ -18,6 +18,25 @@ import time
 
 Result = collections.namedtuple("Result", "rc out err seconds timed_out")
 
+try:  # Linux: prctl(2), looked up once, before any fork
+    import ctypes
+
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (ImportError, OSError, AttributeError):
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    """In the child, before exec: SIGKILL when the module dies. A module killed outright
+    (SIGKILL: no cleanup runs) must not leave uv writing into a half-built venv, or a
+    launcher running, in a session of its own."""
+    def prepare():
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(137)
+    return prepare if _PRCTL is not None else None
+
 
 def run(argv, env=None, timeout=None, cwd=None, grace=None):
     """Run ``argv``; never raises for a child that cannot start (rc 127, the reason in err).
@@ -30,7 +49,8 @@ def run(argv, env=None, timeout=None, cwd=None, grace=None):
     start = time.time()
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True, universal_newlines=True)
+                                env=env, cwd=cwd, start_new_session=True, universal_newlines=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
     except OSError as exc:
         return Result(127, "", "cannot run %s: %s" % (argv[0], exc.strerror or exc), 0.0, False)
     try:

@@ -31,7 +31,6 @@ import re
 import ssl
 import tarfile
 import tempfile
-import time
 from urllib.error import URLError
 
 from ansible.module_utils.urls import open_url
@@ -454,10 +453,10 @@ def _install_lock(p):
     try:
         with store_fs.store_lock(p["install_root"], timeout=p["timeout"], doing="uv %s install" % p["version"]):
             yield
-    except store_fs.LockTimeout:
-        with open(os.path.join(p["install_root"], store_fs.STORE_LOCK)) as handle:
-            holder = store_fs.describe_holder(handle.read(4096), time.time())
-        raise InstallError("%s is locked by %s; waited %ds (timeout)" % (p["install_root"], holder, p["timeout"]))
+    except store_fs.LockTimeout as exc:
+        raise InstallError("%s is locked by %s; waited %ds (timeout)" % (p["install_root"], exc.holder, p["timeout"]))
+    except store_fs.UnsafeStore as exc:
+        raise InstallError(str(exc))
 
 
 def run(params, check_mode, diff=False, facts=None):

@@ -210,12 +210,18 @@ class UvRunner(object):
         return self.run([self.uv, "venv", "--no-config", "--python", python, "--python-preference", "only-system",
                          "--no-python-downloads", "--quiet"] + self.common() + [venv])
 
-    def sync(self, python, lock_path, check=False, config_file=None):
+    def sync(self, python, lock_path, check=False, config_file=None, refresh=None):
+        """``refresh``: True re-fetches every file (hash-checked against the lock) instead of
+        trusting uv's cache; a list does it for those packages only."""
         argv = [self.uv, "pip", "sync", "--require-hashes", "--python", python, "--output-format", "json"]
         if config_file:
             argv += ["--config-file", config_file]
         if check:
             argv.append("--check")
+        if refresh is True:
+            argv.append("--refresh")
+        for name in refresh or () if refresh is not True else ():
+            argv += ["--refresh-package", name]
         if self.link_mode:
             argv += ["--link-mode", self.link_mode]
         return self.run(argv + self.common() + self.index_args() + [lock_path])

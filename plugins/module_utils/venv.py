@@ -298,14 +298,16 @@ def run(params, check_mode, base_env=None, facts=None):
         else:
             raise SyncError("uv not found at %s (run the lockstep.cluster.uv role first)" % p["uv"], "input")
         result.update(action=plan["action"], venv=plan["target"], previous=plan["current"], drift=plan["drift"],
-                      tampered=[c for c in plan["changes"] if c.get("action") == "tampered"])
+                      tampered=[c for c in plan["changes"] if c.get("action") == "tampered"],
+                      repairs=plan.get("repairs") or [])
         if plan["action"] != "none":
             result.update(store.describe(plan))
             if p["wheelhouse"] and p["stage"] == "plan":
                 result["wheelhouse"] = wheelhouse_state(p["wheelhouse"], executable, min(p["timeout"], 120))
         if p["stage"] == "apply":
-            result.update(changed=plan["action"] != "none", built=plan["built"], pruned=plan["pruned"],
-                          sync_changes=plan["sync_changes"])
+            result.update(changed=plan["action"] != "none" or bool(result["repairs"]), built=plan["built"],
+                          pruned=plan["pruned"],
+                          sync_changes=plan["sync_changes"], cache_check=plan.get("cache_check"))
             if plan["action"] == "build":
                 result["after"] = store.packages(plan["target"])
         return result

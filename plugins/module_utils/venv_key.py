@@ -14,7 +14,8 @@ import re
 
 # Bumped when the layout or the key recipe changes, so old venvs are rebuilt, not reused.
 # 2: the manifest in the store, compiled bytecode and the no-bytecode guard.
-FORMAT = 2
+# 3: keyed by venv_path too; manifest format 2 (owners, portable hashes); reproducible bytecode.
+FORMAT = 3
 
 
 def lock_stem(lockfile_name):
@@ -29,8 +30,10 @@ def lock_stem(lockfile_name):
 
 
 def compute_key(lockfile_sha256, python_path, python_version, mpi4py_mode="binary", build_variables=None,
-                no_binary=None, env=None):
-    """The identity of a venv: everything that changes what is in it or how it must run.
+                no_binary=None, env=None, venv_path=None):
+    """The identity of a venv: everything that changes what is in it or how it must run, and
+    the ``venv_path`` it is built for: two paths synced from one lock in one store get two
+    directories, so neither flips, prunes nor repairs the other's venv.
 
     The Python patch level is left out on purpose: a distro point release updates the
     interpreter under the venv in place and must not force a rebuild.
@@ -43,6 +46,7 @@ def compute_key(lockfile_sha256, python_path, python_version, mpi4py_mode="binar
         "build_variables": build_variables or {},
         "no_binary": sorted(no_binary or []),
         "env": env or {},
+        "venv_path": venv_path,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()
 

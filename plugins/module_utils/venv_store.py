@@ -92,8 +92,10 @@ class VenvStore(object):
         # {name: version} the controller derived from the lockfile for this Python (or None).
         self.expected = dict((canonical_name(k), v) for k, v in (expected or {}).items()) if expected else None
         self.stem = lock_stem(self.lockfile_name)
+        # What the last build fetched again and what it took from uv's cache (see build).
+        self.cache_check = None
         self.key = compute_key(lockfile_sha256, python, python_version, mpi4py_mode, self.build_variables,
-                               runner.no_binary, self.env)
+                               runner.no_binary, self.env, self.path)
         self.target = os.path.join(store, "%s-%s" % (self.stem, self.key[:12]))
 
     # -- inputs and state -----------------------------------------------------------------
@@ -124,6 +126,10 @@ class VenvStore(object):
     def defects(self, venv):
         """Why a venv of this key cannot be trusted as a whole ([] when it can): metadata,
         its lockfile copy, its manifest."""
+        unsafe = store_fs.venv_problems(venv)
+        if unsafe:
+            # Someone else could have written it (a store that was writable by others).
+            return [{"path": p["path"], "reason": "not trusted: %s" % p["reason"]} for p in unsafe]
         meta = store_fs.read_meta(venv)
         if not meta or meta.get("key") != self.key or not store_fs.is_venv(venv):
             return [{"path": store_fs.META_FILE, "reason": "missing, unreadable or of another key"}]
@@ -174,7 +180,12 @@ class VenvStore(object):
         """What a sync would do: ``{action: none|flip|build, current, target, drift, changes}``."""
         state, current = self.check_inputs()
         current = current if state == "link" else None
-        plan = {"current": current, "target": self.target, "key": self.key, "changes": [], "drift": False}
+        try:
+            repairs = store_fs.secure_store(self.store, check=True)
+        except store_fs.UnsafeStore as exc:
+            raise SyncError(str(exc), "unsafe-store")
+        plan = {"current": current, "target": self.target, "key": self.key, "changes": [], "drift": False,
+                "repairs": repairs}
         if current and self.ours(current):
             # The manifest first: uv does not re-hash installed files nor look beyond dist-info,
             # and its check runs the venv's Python, which a tampered .pth would hijack.
@@ -236,16 +247,16 @@ class VenvStore(object):
         the flip on any failure (``locked`` when another run held the store for too long).
         """
         try:
-            os.makedirs(self.store, 0o755)
-        except OSError:
-            if not os.path.isdir(self.store):
-                raise
-        try:
+            repairs = store_fs.secure_store(self.store)
             with store_fs.store_lock(self.store, self.lock_timeout,
                                      "plan %s for %s" % (self.path, self.lockfile_name)) as holder:
-                return self._sync_locked(lockfile, holder)
+                plan = self._sync_locked(lockfile, holder)
         except store_fs.LockTimeout as exc:
             raise SyncError(str(exc), "locked")
+        except store_fs.UnsafeStore as exc:
+            raise SyncError(str(exc), "unsafe-store")
+        plan["repairs"] = repairs
+        return plan
 
     def _sync_locked(self, lockfile, holder):
         plan = self.plan()
@@ -257,6 +268,7 @@ class VenvStore(object):
             self._drop_from_cache(plan["changes"])
             plan["sync_changes"] = self.build(plan["target"], lockfile)
             plan["built"] = True
+            plan["cache_check"] = self.cache_check
         holder.doing("flip %s to %s" % (self.path, plan["target"]))
         # What is live now, not what the plan saw: if anything flipped it meanwhile (a store
         # lock that does not hold, e.g. on a file system without flock), that venv is the one
@@ -290,12 +302,15 @@ class VenvStore(object):
 
     def _drop_from_cache(self, changes):
         names = sorted(set(c["name"] for c in changes if c.get("action") == "tampered" and c["name"] != UNOWNED))
-        if not names:
-            return
+        if names:
+            self._clean_cache(names, "tampered packages ")
+
+    def _clean_cache(self, names, what=""):
+        """Drop ``names`` (every entry when empty) from uv's cache."""
         result = self.uv.cache_clean(names)
         if result.rc != 0:
-            raise SyncError("cannot drop the tampered packages %s from the uv cache: %s"
-                            % (", ".join(names), result.err.strip()), "cache", result.err)
+            raise SyncError("cannot drop the %s%s from the uv cache: %s"
+                            % (what, ", ".join(names) or "whole cache", result.err.strip()), "cache", result.err)
 
     def build(self, target, lockfile):
         if os.path.realpath(target) in store_fs.live_targets([self.path, self.previous_link]):
@@ -309,17 +324,36 @@ class VenvStore(object):
             store_fs.remove_venv(target)  # an interrupted earlier build, or a stale kept venv
         store_fs.mark_building(target, self.path)
         try:
-            changes = self._build(target, lockfile)
+            references = self.references(exclude=target)
+            refresh = self._to_refresh(references)
+            changes = self._build(target, lockfile, refresh)
             sealed, bad = self._seal(target)
-            if bad:
-                # A poisoned cache gives a fresh venv with edited files: purge, build once more.
-                self._drop_from_cache(group_findings(target, [{"path": p, "reason": "modified"} for p in bad]))
+            differ = self._differ(sealed, references)
+            if bad or differ:
+                # A poisoned cache gives a fresh venv with edited files (RECORD edited too: only
+                # the copy sealed earlier on this host tells): purge, build once more from files
+                # uv checks against the lock's hashes.
+                if differ and not self._can_refetch():
+                    raise SyncError("the uv cache's copy of %s differs from the copy sealed in %s, and with "
+                                    "venv_offline and no find-links there is nothing to fetch it again from: clean "
+                                    "the cache (uv cache clean %s) and run with network access"
+                                    % (", ".join(sorted(differ)), ", ".join(sorted(set(differ.values()))),
+                                       " ".join(sorted(n.split("==")[0] for n in differ))), "cache")
+                names = [n.split("==")[0] for n in differ]
+                self._drop_from_cache(group_findings(target, [{"path": p, "reason": "modified"} for p in bad])
+                                      + [{"name": n, "action": "tampered"} for n in names])
                 store_fs.remove_tree(target)
-                changes = self._build(target, lockfile)
+                changes = self._build(target, lockfile, True if refresh is True else sorted(set(refresh) | set(names)))
                 sealed, bad = self._seal(target)
                 if bad:
                     raise SyncError("a freshly built venv has files that differ from their RECORD (%s); the "
                                     "packages themselves are bad" % ", ".join(bad[:20]), "tampered")
+            self.cache_check = {"refreshed": "all" if refresh is True else sorted(refresh),
+                                "trusted": len(references), "replaced": sorted(differ)}
+            if refresh or differ:
+                # A refetched package leaves its old copy behind, unreachable: without this
+                # the cache grows by the whole lock on every such build.
+                self.uv.run([self.uv.uv, "cache", "prune"] + self.uv.common())
             # The manifest is written last: from now on the venv is complete.
             manifest.write(manifest.location(target), sealed)
             os.unlink(target + store_fs.BUILDING_SUFFIX)
@@ -330,14 +364,61 @@ class VenvStore(object):
             store_fs.remove_venv(target)
             raise
 
+    # -- the uv cache is not trusted blindly ---------------------------------------------------
+
+    def references(self, exclude=None):
+        """``{"name==version": (digest, venv)}``: each package as sealed in a complete venv of
+        this store for the same Python (store_fs.venv_problems: root's, nobody else can write
+        it). A package got there fetched afresh or equal to an earlier such copy, so it is
+        what its hash-checked wheel holds."""
+        found = {}
+        try:
+            names = sorted(os.listdir(self.store))
+        except OSError:
+            return found
+        for name in names:
+            venv = os.path.join(self.store, name)
+            meta = store_fs.read_meta(venv) if not name.startswith(".") and os.path.isdir(venv) else None
+            if not meta or os.path.realpath(venv) == os.path.realpath(exclude or "") or meta.get("format") != FORMAT \
+                    or meta.get("python") != self.python or store_fs.build_in_progress(venv) \
+                    or os.path.exists(venv + store_fs.BUILDING_SUFFIX) or store_fs.venv_problems(venv):
+                continue
+            try:
+                sealed = manifest.load(manifest.location(venv))
+            except manifest.ManifestError:
+                continue
+            for package, digest in manifest.package_digests(sealed).items():
+                found.setdefault(package, (digest, venv))
+        return found
+
+    def _can_refetch(self):
+        return not self.uv.offline or bool(self.uv.find_links)
+
+    def _to_refresh(self, references):
+        """What the build fetches again instead of taking from uv's cache: every package no
+        venv of this store holds yet (all of them without the controller's package set)."""
+        if not self._can_refetch():
+            return []
+        if self.expected is None:
+            return True
+        fresh = sorted(n for n, v in self.expected.items() if "%s==%s" % (n, v) not in references)
+        return True if len(fresh) == len(self.expected) else fresh
+
+    def _differ(self, sealed, references):
+        """``{"name==version": venv}`` for packages whose files differ from the copy sealed in ``venv``."""
+        return dict((package, references[package][1]) for package, digest in manifest.package_digests(sealed).items()
+                    if package in references and references[package][0] != digest)
+
     def _seal(self, target):
         """lockstep.json, then the manifest of the whole tree, and the RECORD check done
         with the manifest's hashes (each file read once). Returns (manifest, RECORD mismatches)."""
         self._write_meta(target)
+        store_fs.harden_tree(target)
         sealed = manifest.build(os.path.realpath(target), clock=self.clock)
+        sealed["content_digest"] = manifest.content_digest(sealed)  # computed once, read by every probe
         return sealed, manifest.record_mismatches(sealed, guess_site_packages(os.path.realpath(target)))
 
-    def _build(self, target, lockfile):
+    def _build(self, target, lockfile, refresh=None):
         result = self.uv.create_venv(target, self.python)
         if result.rc != 0:
             raise SyncError("cannot create a venv with Python %s: %s" % (self.python, (result.err or result.out).strip()),
@@ -349,7 +430,11 @@ class VenvStore(object):
         if config:
             config_path = os.path.join(target, UV_CONFIG_FILE)
             store_fs.write_atomic(config_path, config)
-        result = self.uv.sync(os.path.join(target, "bin", "python"), copy, config_file=config_path)
+        if refresh and self.uv.offline:
+            # uv refuses --refresh offline: drop the entries, uv unpacks the local files again.
+            self._clean_cache([] if refresh is True else refresh)
+            refresh = None
+        result = self.uv.sync(os.path.join(target, "bin", "python"), copy, config_file=config_path, refresh=refresh)
         report = parse_uv_json(result.out)
         if result.rc != 0 or report is None:
             kind, message = classify_failure(result, self.uv.offline, self.uv.cache_dir, self.lockfile_name,
@@ -368,8 +453,15 @@ class VenvStore(object):
         """Compile every module now (imports stay fast without writing), then guard the venv
         against any later bytecode write (see the module docstring)."""
         sites = guess_site_packages(target)
-        result = self.uv.run([os.path.join(target, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
-                              "--invalidation-mode", "timestamp"] + sites, dict(self.uv.env(), PYTHONHASHSEED="0"))
+        # Reproducible: the source's hash instead of its mtime in each header, and the stable
+        # venv_path instead of the store directory as the recorded file name (import puts the
+        # real one back), so two hosts with the same lock compile the same bytes (content_digest).
+        # Unchecked: the manifest, not Python, notices an edited source.
+        real = os.path.realpath(target)
+        sites = [os.path.realpath(site) for site in sites]
+        result = self.uv.run([os.path.join(real, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
+                              "--invalidation-mode", "unchecked-hash", "-s", real, "-p", self.path] + sites,
+                             dict(self.uv.env(), PYTHONHASHSEED="0"))
         # rc 1: some file is not valid Python (test data, templates); importing it fails anyway.
         if result.rc not in (0, 1):
             raise SyncError("compiling the bytecode of the new venv failed (%s): %s"
@@ -379,7 +471,8 @@ class VenvStore(object):
 
     def _write_meta(self, target):
         meta = {
-            "format": FORMAT, "key": self.key, "path": self.path, "lock_sha256": self.lockfile_sha256,
+            "format": FORMAT, "key": self.key, "path": self.path, "previous": self.previous_link,
+            "lock_sha256": self.lockfile_sha256,
             "lock_name": self.lockfile_name, "python": self.python, "python_version": self.python_version,
             "mpi4py_mode": self.mpi4py_mode, "build_variables": self.build_variables, "uv": self.uv.version(),
             "validate_imports": self.validate_imports, "created": self.clock(),

@@ -66,7 +66,11 @@ def import_errors(run, venv, imports, base_env):
 
 def sealed_findings(venv, rehash_all=False):
     """The venv against its manifest: findings (``[]`` = exactly as sealed); a manifest that
-    cannot be used is one finding naming it."""
+    cannot be used is one finding naming it, and so is a venv or manifest that is not root's
+    or that others can write (store_fs.venv_problems)."""
+    unsafe = store_fs.venv_problems(venv)
+    if unsafe:
+        return [{"path": p["path"], "reason": "not trusted: %s" % p["reason"]} for p in unsafe]
     try:
         data = manifest.load(manifest.location(venv))
     except manifest.ManifestError as exc:
@@ -179,4 +183,6 @@ def rollback(path, previous_link=None, check_mode=False, lock_timeout=600, timeo
                 store_fs.flip_link(previous_link, current)
     except store_fs.LockTimeout as exc:
         raise SyncError(str(exc), "locked")
+    except store_fs.UnsafeStore as exc:
+        raise SyncError(str(exc), "unsafe-store")
     return current, target

@@ -251,6 +251,9 @@ validate:
           - How the files were checked (C(method) V(manifest), V(record) or V(off)), the C(manifest) path, C(findings)
             (C(path) relative to the venv, C(reason), C(owner) package), C(files) and C(rehashed) counts, C(error) when a
             lockstep venv's manifest is missing or unreadable, C(note) for a venv without one.
+            - For a lockstep venv, C(unsafe) (C(path), C(reason)) lists what would let someone other than root swap
+              the venv or rewrite its manifest (each one fails the C(integrity) check), and C(content_digest)
+              (C(sha256), C(entries), C(by_package)) is the venv's bytes as every host with the same lock must have them.
         returned: always
         type: dict
       distributions:

@@ -29,7 +29,8 @@ description:
   - Writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (the causes first,
     one row per host, the comparison, unreachable hosts, findings, the Cluster section),
     C(junit.xml) (one testcase per host and check, a C(cluster) testsuite) and C(cluster.json),
-    then points O(dest)/C(latest) at that directory.
+    then points O(dest)/C(latest) at that directory (a C(latest) that is not a symlink is left as it
+    is and fails the task, naming it, since it would be stale).
   - A host without a probe (it left the play earlier) or whose probe failed is reported as such,
     never dropped. A check that was asked for and could not run is a failure, never a skip.
   - With O(fail_on_drift), the task fails after writing, and its message names every host that
@@ -116,6 +117,13 @@ options:
         or the hosts do not work as one cluster.
     type: bool
     default: false
+  earlier_vars:
+    description:
+      - Variables a host registered while it was provisioned (name to what set it). For a host that
+        left the play before the check, a failed one says why in the summary (for example the venv
+        build killed on the host) instead of calling it unreachable.
+    type: dict
+    default: {_venv_sync: the venv role}
 notes:
   - Use with C(run_once).
 """

@@ -27,6 +27,15 @@ description:
     rollback, unless someone had changed it (then the previous rollback target stays).
   - One store lock is held from the plan to the flip; a second run on the host waits at most
     O(lock_timeout) and then fails naming the holder.
+  - The store must be root's and writable by root only (so must the directories above it, as
+    OpenSSH checks its own files). A store directory that group or others can write is repaired
+    (C(chmod go-w), reported in RV(repairs)); every venv and manifest in it that is not root's or
+    that others can write is then not trusted and the live venv is rebuilt. Anything else unsafe
+    fails the task naming the path. The store lock file is never opened through a symlink.
+  - uv's cache is not trusted blindly. A package no venv of the store holds yet is fetched again
+    (C(--refresh-package), checked against the lock's hashes); one the store holds is taken from
+    the cache, and its files must then be those sealed in that venv, else it is dropped from the
+    cache and installed afresh (RV(cache_check)).
   - Any failure before the flip (download error, hash mismatch, uv killed, failed import
     check) removes the half-built venv and leaves O(path) exactly as it was.
   - C(changed) comes from uv itself (C(uv pip sync --check --output-format json)) and the
@@ -270,6 +279,23 @@ drift:
   description: The active venv had the right key but no longer matched the lock (someone changed it).
   returned: always
   type: bool
+cache_check:
+  description:
+    - After a build, how far it trusted uv's cache. C(refreshed) lists the packages fetched again
+      (checked against the lock's hashes) instead of taken from the cache (C(all) when no venv of
+      the store held any of them yet), C(trusted) counts the packages known from venvs sealed in
+      the store earlier, and C(replaced) names the packages whose cached copy differed from the
+      sealed one (dropped from the cache and installed afresh).
+  returned: when a venv was built
+  type: dict
+repairs:
+  description:
+    - What was made safe in O(store) (would be, in check mode), for example a store directory
+      that others could write, made C(0755). A store owned by another user, or a directory
+      above it that others can write, fails the task instead, naming the path.
+  returned: always
+  type: list
+  elements: str
 lock:
   description: The lock as read on the controller (C(path), C(sha256), C(entries)).
   returned: always

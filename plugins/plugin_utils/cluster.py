@@ -21,6 +21,11 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import KEY_NAME, SSH_DIR, layout, member_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import OMPI_ROOT_ENV
+from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import (
+    describe_problems,
+    dir_problems,
+    file_problems,
+)
 
 # cryptography is an ansible-core dependency, so every controller has it; ansible-test's plugin
 # import check (Jinja2 and PyYAML only) does not, and ansible-lint refuses sanity ignores.
@@ -183,18 +188,22 @@ def ensure_key_pair(key_dir, cluster, create=True):
     ``(path, None, True)`` and nothing is written.
     """
     private, public = key_paths(key_dir, cluster)
-    if os.path.isfile(private) and os.path.isfile(public):
-        return private, read_public(public), False
+    check_key_dir(key_dir)
+    if os.path.lexists(private) and os.path.lexists(public):
+        return private, verified_pair(private, public), False
     if not create:
         return private, None, True
     if CRYPTOGRAPHY_ERROR is not None:
         raise ClusterConfigError("the Python library 'cryptography' (an ansible-core dependency) is required on "
                                  "the controller to make the cluster key pair: %s" % CRYPTOGRAPHY_ERROR)
     os.makedirs(key_dir, mode=0o700, exist_ok=True)
-    with open(os.path.join(key_dir, ".%s.lock" % cluster), "w") as lock:
+    check_key_dir(key_dir)
+    fd = os.open(os.path.join(key_dir, ".%s.lock" % cluster), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isfile(private) and os.path.isfile(public):
-            return private, read_public(public), False
+            return private, verified_pair(private, public), False
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
@@ -219,6 +228,58 @@ def _write_private(path, data):
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.rename(tmp, path)
+
+
+def check_key_dir(key_dir):
+    """As OpenSSH checks the path of a key: ``cluster_key_dir`` and every directory above it
+    must be owned by root or the controller user and not writable by group or others (above
+    it, a sticky directory such as /tmp is accepted). Another local user who could write
+    there could swap the pair that site.yml installs on every host."""
+    if not os.path.exists(key_dir):
+        parent = os.path.dirname(os.path.abspath(key_dir))
+        while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        problems = dir_problems(parent, strict=False)
+    else:
+        problems = dir_problems(key_dir)
+    if problems:
+        raise ClusterConfigError("refusing cluster_key_dir %s: %s (others could swap the cluster key pair)"
+                                 % (key_dir, describe_problems(problems)))
+
+
+def verified_pair(private, public):
+    """The public line of a pair on the controller once both halves are safe and agree: files
+    (never through a symlink) of the controller user that nobody else can write, a private
+    half only its owner can read, that parses as an OpenSSH ed25519 key, and whose public
+    half is the one in ``public``. Never shows key material."""
+    problems = file_problems(private) + file_problems(public)
+    if not problems and os.lstat(private).st_mode & 0o077:
+        problems.append({"path": private, "reason": "readable by group or others (mode %04o; OpenSSH refuses it)"
+                         % (os.lstat(private).st_mode & 0o7777)})
+    if problems:
+        raise ClusterConfigError("refusing the cluster key pair: %s" % describe_problems(problems))
+    line = read_public(public)
+    if CRYPTOGRAPHY_ERROR is not None:
+        raise ClusterConfigError("the Python library 'cryptography' (an ansible-core dependency) is required on "
+                                 "the controller to check the cluster key pair: %s" % CRYPTOGRAPHY_ERROR)
+    fd = os.open(private, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    try:
+        key = serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError, IndexError) as exc:
+        reason = "it is encrypted (lockstep needs a key without a passphrase)" if isinstance(exc, TypeError) \
+            else "it does not parse (truncated or corrupt?)"
+        raise ClusterConfigError("the cluster private key %s cannot be used: %s; it was not pushed to any host. "
+                                 "Remove %s and %s.pub to make a new pair" % (private, reason, private, private))
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ClusterConfigError("the cluster private key %s is not an ed25519 key; it was not pushed to any host"
+                                 % private)
+    derived = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    if derived.decode("ascii").split()[:2] != line.split()[:2]:
+        raise ClusterConfigError("the cluster key pair does not match: %s is not the public half of %s; it was not "
+                                 "pushed to any host. Remove both to make a new pair" % (public, private))
+    return line
 
 
 def read_public(path):

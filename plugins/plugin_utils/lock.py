@@ -102,6 +102,8 @@ class Lock:
     path: str
     entries: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    # The line each option first appears on (same keys as ``options``).
+    option_lines: dict = field(default_factory=dict)
     sha256: str = ""
     header_command: tuple | None = None
     header_line: int = 0
@@ -222,6 +224,7 @@ def _parse_option(line, path, number, options):
     if name == "hash":
         raise LockError(path, number, "--hash outside a requirement (missing '\\' on the line above?)")
     options[name] = options.get(name, ()) + ((value,) if value else ())
+    return name
 
 
 def _parse_hash(token, path, number):
@@ -282,11 +285,11 @@ def _parse_requirement(line, path, number):
 def parse_lock(text, path="<lock>"):
     """Parse lockfile ``text``; ``path`` only labels errors. Raises LockError."""
     entries = []
-    options = {}
+    options, option_lines = {}, {}
     seen = {}
     for number, line in _logical_lines(text, path):
         if line.startswith("-"):
-            _parse_option(line, path, number, options)
+            option_lines.setdefault(_parse_option(line, path, number, options), number)
             continue
         entry = _parse_requirement(line, path, number)
         key = (entry.name, entry.marker)
@@ -299,6 +302,7 @@ def parse_lock(text, path="<lock>"):
         path=path,
         entries=entries,
         options=options,
+        option_lines=option_lines,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         header_command=command,
         header_line=command_line,

@@ -21,7 +21,7 @@ __all__ = ["Violation", "check_policy", "format_violations", "gpu_reason", "pyth
 
 @dataclass(frozen=True)
 class Violation:
-    """One lock policy failure; ``code`` is one of not-pinned, no-hash, gpu, python, empty."""
+    """One lock policy failure; ``code`` is one of not-pinned, no-hash, gpu, python, empty, source."""
 
     path: str
     line: int
@@ -112,6 +112,12 @@ def python_version_reason(lock, python_version):
         specifier, how, lock.header_option("--python-version"), python_version)
 
 
+# Options by which a lock would pick its own package source; where packages come from is the
+# role's (venv_index_url, venv_find_links, the wheelhouse), and uv would otherwise fail on such
+# a line with an error that looks like a network problem.
+_SOURCE_OPTIONS = ("index-url", "extra-index-url", "find-links", "no-index", "trusted-host")
+
+
 def check_policy(lock, cpu_only=True, python_version=None):
     """Return the policy violations of ``lock`` (empty list = the lock is acceptable).
 
@@ -135,6 +141,13 @@ def check_policy(lock, cpu_only=True, python_version=None):
             reason = gpu_reason(entry.name, entry.version, entry.extras)
             if reason:
                 violations.append(Violation(lock.path, entry.line, entry.name, "gpu", reason))
+    for name in sorted((getattr(lock, "option_lines", None) or {}), key=lambda n: lock.option_lines[n]):
+        if name in _SOURCE_OPTIONS:
+            violations.append(Violation(
+                lock.path, lock.option_lines[name], "--" + name, "source",
+                "a lock must not choose where packages come from (venv_index_url, venv_find_links or the "
+                "wheelhouse do); remove the line (uv pip compile without --emit-index-url/--emit-find-links, "
+                "pip-compile --no-emit-index-url --no-emit-find-links --no-emit-trusted-host)"))
     if python_version:
         reason = python_version_reason(lock, python_version)
         if reason:

@@ -67,6 +67,27 @@ def install_into(action, task_vars, manager, names, result):
     return True
 
 
+_SIGNALS = {9: "SIGKILL", 15: "SIGTERM", 6: "SIGABRT", 11: "SIGSEGV", 1: "SIGHUP", 2: "SIGINT"}
+
+
+def killed(result, module, doing, aftermath):
+    """A module result without the module's own JSON because its process died (rc 128+N from
+    the remote shell, or -N): say so, with the signal and what it was doing, instead of a
+    deserialization error that reads like a connection problem. Other results are returned
+    as they are. ``aftermath``: what the run left behind (one sentence)."""
+    rc = result.get("rc")
+    if not result.get("failed") or result.get("unreachable") or "kind" in result or not isinstance(rc, int):
+        return result
+    number = -rc if rc < 0 else rc - 128 if 128 < rc < 160 else None
+    if number is None:
+        return result
+    name = _SIGNALS.get(number, "signal %d" % number)
+    why = " (out of memory, a task timeout or an operator?)" if number == 9 else ""
+    out = dict(result, kind="killed", signal=name)
+    out["msg"] = "%s was killed by %s on the host while it %s%s; %s" % (module, name, doing, why, aftermath)
+    return out
+
+
 __all__ = ["auth_header", "redact", "secrets_of", "strip_userinfo", "uv_index_env"]
 
 MASK = "********"

@@ -166,6 +166,7 @@ def integrity_findings(facts, changed=()):
             files.append(dict((k, finding[k]) for k in ("path", "reason", "type", "expected", "actual", "size")
                               if k in finding))
     errors = [integrity["error"]] if integrity.get("error") else []
+    errors += ["unsafe store: %s: %s" % (u["path"], u["reason"]) for u in integrity.get("unsafe") or []]
     if integrity.get("truncated"):
         errors.append("%d more findings not listed" % integrity["truncated"])
     return files, errors, explained
@@ -239,7 +240,7 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
     problems += ["extra %s==%s" % (e["name"], e["version"]) for e in extra]
     problems += ["version %s: %s installed, %s locked" % (m["name"], m["installed"], m["expected"]) for m in mismatched]
     problems += [
-        "tampered %s: %s (%s)" % (t["name"], f["path"], f["reason"]) for t in drift["tampered"] for f in t["files"]
+        "tampered %s: %s (%s)" % (t["name"], f["path"], _tamper_reason(f)) for t in drift["tampered"] for f in t["files"]
     ]
     problems += ["file %s: %s" % (f["path"], _file_reason(f)) for f in files]
     problems += ["integrity: %s" % e for e in integrity_errors]
@@ -271,6 +272,12 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
         "checks": checks,
         "fingerprint": fingerprint(facts),
     }
+
+
+def _tamper_reason(finding):
+    if finding["reason"] in ("owner", "mode") and finding.get("actual"):
+        return "%s %s, manifest: %s" % (finding["reason"], finding["actual"], finding.get("expected"))
+    return finding["reason"]
 
 
 def _file_reason(finding):
@@ -730,6 +737,19 @@ def smoke_verdict(members, results, smoke, launch_host):
         out["problems"].append("the launch failed: %s" % (smoke.get("error") or "exit %s" % smoke.get("returncode")))
     out["passed"] = clean and not strays and smoke.get("returncode") == 0 and not smoke.get("error")
     return out
+
+
+def earlier_failure(name, registered):
+    """A stand-in probe result for a host that left the play before the audit, from what it
+    registered while it was provisioned (``registered``: the venv task's result): why it left,
+    so the summary says "killed while building" rather than "unreachable". None when it
+    tells nothing."""
+    if not isinstance(registered, dict) or not (registered.get("failed") or registered.get("unreachable")):
+        return None
+    msg = str(registered.get("msg") or "failed").strip().splitlines()[0]
+    if registered.get("unreachable"):
+        return {"unreachable": True, "msg": "unreachable during %s: %s" % (name, msg)}
+    return {"failed": True, "msg": "site.yml failed on this host before the check, in %s: %s" % (name, msg)}
 
 
 def host_status(probe, report):

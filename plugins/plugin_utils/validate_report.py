@@ -22,6 +22,10 @@ FIELD_NAMES = {"lock_sha256": "lock sha256", "venv_path": "venv path", "python":
                "mpi4py": "mpi4py (variant)", "uv": "uv"}
 
 
+class ReportError(Exception):
+    """The reports were written, but something around them is wrong (names the path)."""
+
+
 def row(host, verdict):
     """One summary row as a dict keyed by COLUMNS."""
     status, message = verdict["statuses"][host]
@@ -229,12 +233,16 @@ def write(directory, run_id, verdict):
     files.append(_dump(os.path.join(target, "cluster.json"), cluster_json(verdict)))
     # reports/latest -> the newest run, for people and CI steps that do not know the run id.
     latest = os.path.join(directory, "latest")
-    if os.path.islink(latest) or not os.path.exists(latest):
-        tmp_link = latest + ".tmp"
-        if os.path.islink(tmp_link):
-            os.unlink(tmp_link)
-        os.symlink(os.path.basename(target), tmp_link)
-        os.rename(tmp_link, latest)
     report["directory"] = target
     report["files"] = files
+    if os.path.lexists(latest) and not os.path.islink(latest):
+        # Not ours to delete (someone's copy?); left as it is, it would silently be stale.
+        raise ReportError("%s is a %s, not the symlink to the newest run: it was left as it is and is now stale "
+                          "(this run's reports are in %s); move it away so the next run can point it at the "
+                          "newest reports" % (latest, "directory" if os.path.isdir(latest) else "file", target))
+    tmp_link = latest + ".tmp"
+    if os.path.islink(tmp_link):
+        os.unlink(tmp_link)
+    os.symlink(os.path.basename(target), tmp_link)
+    os.rename(tmp_link, latest)
     return report

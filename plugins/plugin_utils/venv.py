@@ -59,7 +59,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy impor
 
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",
-           "missing_packages", "msg", "reclaimed", "warnings")
+           "missing_packages", "msg", "reclaimed", "warnings", "repairs", "cache_check")
 
 
 def package_diff(before, after):
@@ -104,7 +104,7 @@ def outcome(res, want_diff, predicted):
     after = res.get("after", before) or {}
     tampered = res.get("tampered") or []
     changed = res.get("action", "none") != "none"
-    out["changed"] = changed
+    out["changed"] = changed or bool(res.get("repairs"))
     out["changes"] = (package_diff(before, after) + list(tampered)) if changed else []
     if want_diff and changed:
         out["diff"] = render_diff(before, after, res.get("before_env") or {}, res.get("after_env") or {},
@@ -113,6 +113,8 @@ def outcome(res, want_diff, predicted):
         verb = "would" if predicted else "did"
         out["msg"] = {"none": "the venv is the lock", "flip": "%s flip to a kept venv" % verb,
                       "build": "%s build a new venv" % verb}.get(res.get("action"), res.get("action"))
+        if res.get("repairs"):
+            out["msg"] += "; " + "; ".join(res["repairs"])
     return out
 
 

@@ -127,9 +127,10 @@ def make_dist(site, name, version, files=None, installer="uv", extra_rows=()):
     return info
 
 
-def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, find_links=True, **kwargs):
-    """A VenvStore under ``house["tmp"]/opt`` for the lock ``text`` (written beside it), run
-    with the real uv against the wheelhouse, offline."""
+def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, find_links=True, path=None, store=None,
+               **kwargs):
+    """A VenvStore under ``house["tmp"]/opt`` (``path`` and ``store`` elsewhere) for the lock
+    ``text`` (written beside it), run with the real uv against the wheelhouse, offline."""
     from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store
     from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import UvRunner
 
@@ -140,7 +141,8 @@ def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, fin
     sha = hashlib.sha256(text.encode()).hexdigest()
     lockfile = house["tmp"] / ("lock-%s.txt" % sha[:12])
     lockfile.write_text(text)
-    store = venv_store.VenvStore(runner, str(house["tmp"] / "opt" / "venv"), str(house["tmp"] / "opt" / "venvs"),
+    store = venv_store.VenvStore(runner, path or str(house["tmp"] / "opt" / "venv"),
+                                 store or str(house["tmp"] / "opt" / "venvs"),
                                  BASE_PYTHON, python_version(), sha, lockfile_name=name, env=env or {}, **kwargs)
     store.lock_text, store.lockfile = text, str(lockfile)
     return store

@@ -211,3 +211,17 @@ def test_an_earlier_cluster_user_is_named_and_cleaned(tmp_path):
     result = run_probed(action(tmp_path, host), snapshot)
     assert "take the cluster key and blocks back from olduser (an earlier cluster user)" in result["changes"]
     assert host.calls[-1][1]["stale_users"] == ["olduser"]
+
+
+def test_a_truncated_private_key_is_never_pushed(tmp_path):
+    host = Host(differs=[".ssh/id_lockstep"])
+    run(action(tmp_path, host))  # makes the pair, pushes it once
+    private = str(tmp_path / "keys" / "lab_ed25519")
+    data = open(private, "rb").read()
+    with open(private, "wb") as handle:
+        handle.write(data[:100])
+    host = Host(differs=[".ssh/id_lockstep"])
+    with pytest.raises(AnsibleActionFail) as err:
+        run(action(tmp_path, host))
+    assert "cluster lab: the cluster private key %s cannot be used: it does not parse" % private in str(err.value)
+    assert host.calls == [] and host.pushed == []

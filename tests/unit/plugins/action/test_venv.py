@@ -196,3 +196,17 @@ def test_another_lock_than_the_probe_asked_about_is_asked_again(tmp_path):
     (tmp_path / "lock.txt").write_text(LOCK.replace("gamma==3.0", "gamma==3.1"))
     plugin.run(task_vars=task_vars)
     assert [c[1]["stage"] for c in host.calls] == ["plan"]
+
+
+@pytest.mark.parametrize("rc, signal_name", [(137, "SIGKILL"), (143, "SIGTERM"), (-9, "SIGKILL")])
+def test_a_module_killed_on_the_host_is_named_killed(tmp_path, rc, signal_name):
+    dead = {"failed": True, "rc": rc, "module_stdout": "", "module_stderr": "Killed",
+            "msg": "Module result deserialization failed: No start of json char found"}
+    host = Host(plan("build"), dead)
+    result = action(tmp_path, host).run(task_vars={})
+    assert result["failed"] and result["kind"] == "killed" and result["signal"] == signal_name
+    assert result["msg"].startswith("lockstep.cluster.venv was killed by %s on the host while it built a new venv "
+                                    "for /opt/venv" % signal_name)
+    assert result["msg"].endswith("/opt/venv still points at a complete, sealed venv (the flip is one rename) and "
+                                  "the next run removes any half-built one in /opt/venvs")
+    assert "deserialization" not in result["msg"]

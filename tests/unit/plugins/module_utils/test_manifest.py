@@ -32,9 +32,11 @@ def findings(tree, **kwargs):
 def test_records_every_entry_with_its_content_and_metadata(tree):
     entries = tree["data"]["entries"]
     assert entries["bin/python"][:4] == ["link", entries["bin/python"][1], 0, "/usr/bin/python3"]
-    kind, mode, size, digest, ino, mtime_ns, ctime_ns, owner = entries["lib/python3.11/site-packages/alpha/__init__.py"]
-    assert owner == "alpha"
+    kind, mode, size, digest, ino, mtime_ns, ctime_ns, owner, uid, gid, portable = \
+        entries["lib/python3.11/site-packages/alpha/__init__.py"]
+    assert owner == "alpha" and portable is None
     st = os.lstat(os.path.join(tree["root"], "lib/python3.11/site-packages/alpha/__init__.py"))
+    assert (uid, gid) == (st.st_uid, st.st_gid)
     assert (kind, mode, size) == ("file", st.st_mode & 0o7777, 6)
     assert (ino, mtime_ns, ctime_ns) == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     assert digest == hashlib.sha256(b"x = 1\n").hexdigest()

@@ -24,6 +24,7 @@ def test_key_changes_with_inputs_but_not_python_patch():
     assert key != variant(lockfile_sha256="b" * 64)
     assert key != m.compute_key(env={"MPI4PY_MPIABI": "mpich"}, **base)
     assert key != m.compute_key(mpi4py_mode="source", **base)
+    assert m.compute_key(venv_path="/opt/a", **base) != m.compute_key(venv_path="/opt/b", **base)
     assert key != m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
     one = m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
     two = m.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.openmpi"}}, **base)

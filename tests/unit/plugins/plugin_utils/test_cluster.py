@@ -123,3 +123,74 @@ def test_check_mode_generates_no_key(tmp_path):
 def test_cluster_name_must_be_a_file_name(tmp_path):
     with pytest.raises(cc.ClusterConfigError, match="cluster_name"):
         cc.ensure_key_pair(str(tmp_path), "../evil")
+
+
+NOBODY = 65534
+
+
+# The cluster key pair and its directory: refused with the path, never pushed (issue 17).
+
+def pair(tmp_path):
+    key_dir = str(tmp_path / "keys")
+    private, public, created = cc.ensure_key_pair(key_dir, "lab")
+    assert created
+    return key_dir, private, private + ".pub", public
+
+
+@pytest.mark.parametrize("where", ["key_dir", "parent"])
+def test_a_key_dir_others_can_write_is_refused(tmp_path, where):
+    # Issue 17: another local user could swap the pair, and site.yml installed it everywhere.
+    key_dir, private, public_path, _line = pair(tmp_path)
+    writable = key_dir if where == "key_dir" else str(tmp_path)
+    os.chmod(writable, 0o777)
+    try:
+        with pytest.raises(cc.ClusterConfigError) as err:
+            cc.ensure_key_pair(key_dir, "lab")
+        assert "refusing cluster_key_dir %s: %s: writable by others (mode 0777) (others could swap the cluster key " \
+               "pair)" % (key_dir, writable) == str(err.value)
+        os.chmod(writable, 0o1777)  # sticky: only the key directory itself must be strictly ours
+        if where == "parent":
+            assert cc.ensure_key_pair(key_dir, "lab")[0] == private
+        else:
+            with pytest.raises(cc.ClusterConfigError):
+                cc.ensure_key_pair(key_dir, "lab")
+    finally:
+        os.chmod(writable, 0o700)
+
+
+def test_a_key_dir_owned_by_another_user_is_refused_before_any_key_is_made(tmp_path):
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    os.chown(str(key_dir), NOBODY, NOBODY)
+    with pytest.raises(cc.ClusterConfigError, match="%s: owned by uid %d, not root" % (key_dir, NOBODY)):
+        cc.ensure_key_pair(str(key_dir), "lab")
+    assert os.listdir(str(key_dir)) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "the cluster private key {private} cannot be used: it does not parse (truncated or corrupt?); it "
+                 "was not pushed to any host. Remove {private} and {private}.pub to make a new pair"),
+    ("other-public", "the cluster key pair does not match: {public} is not the public half of {private}; it was not "
+                     "pushed to any host. Remove both to make a new pair"),
+    ("mode", "refusing the cluster key pair: {private}: readable by group or others (mode 0644; OpenSSH refuses it)"),
+    ("symlink", "refusing the cluster key pair: {private}: a symlink"),
+])
+def test_a_damaged_key_pair_is_refused_with_its_path(tmp_path, damage, message):
+    key_dir, private, public, line = pair(tmp_path)
+    data = open(private, "rb").read()
+    if damage == "truncate":
+        with open(private, "wb") as handle:
+            handle.write(data[:len(data) // 2])
+    elif damage == "other-public":
+        other = cc.ensure_key_pair(str(tmp_path / "other"), "lab")[1]
+        with open(public, "w") as handle:
+            handle.write(other + "\n")
+    elif damage == "mode":
+        os.chmod(private, 0o644)
+    else:
+        os.rename(private, private + ".real")
+        os.symlink(private + ".real", private)
+    with pytest.raises(cc.ClusterConfigError) as err:
+        cc.ensure_key_pair(key_dir, "lab")
+    assert str(err.value) == message.format(private=private, public=public)
+    assert line.split()[1] not in str(err.value) and "PRIVATE KEY" not in str(err.value)

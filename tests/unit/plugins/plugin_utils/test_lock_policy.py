@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""plugins/plugin_utils/lock_policy.py: the committed locks pass; every violation (unpinned, unhashed, GPU,
+empty, a lock naming its own source) is reported with file and line; the GPU rule."""
 
 import hashlib
 
@@ -175,3 +176,29 @@ def test_pylock_policy_unpinned_and_gpu_name_their_lines():
     lock = parse_pylock(PYLOCK % ("a" * 64, extra), "pylock.x.toml")
     found = [(v.line, v.name, v.code) for v in check_policy(lock)]
     assert found == [(10, "nvidia-cublas-cu12", "gpu"), (15, "gamma", "not-pinned")]
+
+
+# A lock that names its own source (issue 17).
+
+HASH = "--hash=sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize("line, option", [
+    ("--index-url https://index.example/simple", "--index-url"),
+    ("-i https://index.example/simple", "--index-url"),
+    ("--extra-index-url https://index.example/extra", "--extra-index-url"),
+    ("--find-links wheels", "--find-links"),
+    ("--trusted-host index.example", "--trusted-host"),
+    ("--no-index", "--no-index"),
+])
+def test_a_lock_with_its_own_source_lines_is_refused_with_file_and_line(line, option):
+    # Issue 17: uv failed later with an error that blamed the network.
+    text = "# header\n%s\nalpha==1.0 \\\n    %s\n" % (line, HASH)
+    violations = check_policy(parse_lock(text, "locks/site.txt"))
+    assert [(v.line, v.name, v.code) for v in violations] == [(2, option, "source")]
+    assert format_violations(violations).splitlines()[1].startswith(
+        "  locks/site.txt:2: %s: a lock must not choose where packages come from" % option)
+
+
+def test_a_lock_without_source_lines_passes():
+    assert check_policy(parse_lock("alpha==1.0 \\\n    %s\n" % HASH, "ok.txt")) == []

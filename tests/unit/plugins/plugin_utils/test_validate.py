@@ -715,3 +715,23 @@ def test_a_role_check_asked_for_and_not_loaded_fails_with_why():
     assert report["checks"]["uv"]["outcome"] == "fail" and report["checks"]["cluster_files"]["outcome"] == "fail"
     assert "uv: the uv install could not be checked: the uv role's settings were not loaded" in report["problems"][0]
     assert any("the cluster role's settings were not loaded" in p for p in report["problems"])
+
+
+# A host that left the play before the audit (issue 17).
+
+KILLED = {"failed": True, "kind": "killed", "rc": 137,
+          "msg": "lockstep.cluster.venv was killed by SIGKILL on the host while it built a new venv for /opt/venv"}
+
+
+def test_a_host_whose_build_was_killed_is_reported_as_such_not_unreachable():
+    earlier = cv.earlier_failure("the venv role", KILLED)
+    facts = host_facts([dist("numpy", "1.26.4"), dist("six", "1.17.0"), dist("torch", "2.5.1+cpu")])
+    verdict = cv.judge(["n1", "n2", "n3"], {"n1": {"validate": facts}, "n2": earlier, "n3": None},
+                       parse_lock(LOCK, "lock.txt"), {"path": "lock.txt"}, smoke_test=False)
+    assert verdict["statuses"]["n2"][0] == "error" and verdict["statuses"]["n3"][0] == "unreachable"
+    assert "n2: error: site.yml failed on this host before the check, in the venv role: " \
+           "lockstep.cluster.venv was killed by SIGKILL on the host while it built a new venv for /opt/venv" \
+           in verdict["problems"]
+    assert cv.earlier_failure("x", {"changed": True}) is None
+    assert cv.earlier_failure("x", {"unreachable": True, "msg": "ssh: connect timed out"}) == {
+        "unreachable": True, "msg": "unreachable during x: ssh: connect timed out"}

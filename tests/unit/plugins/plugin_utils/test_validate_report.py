@@ -5,7 +5,10 @@ partly on launches recorded on the SSH lab."""
 
 import copy
 import json
+import os
 import xml.etree.ElementTree as ET
+
+import pytest
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate, validate_report
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
@@ -204,3 +207,28 @@ def test_write_adds_cluster_json(tmp_path):
     assert data["election"]["host"] == "lab-1"
     assert str(tmp_path / "r1" / "cluster.json") in built["files"]
     assert HOSTS == data["hosts"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_latest_that_is_not_a_symlink_fails_loudly_and_stays(tmp_path, kind):
+    # Issue 17: it was silently left stale.
+    latest = tmp_path / "latest"
+    if kind == "directory":
+        latest.mkdir()
+        (latest / "summary.md").write_text("someone's copy\n")
+    else:
+        latest.write_text("someone's note\n")
+    verdict = verdict_of({"n1": probe(copy.deepcopy(GOOD))})
+    with pytest.raises(validate_report.ReportError) as err:
+        validate_report.write(str(tmp_path), "run-2", verdict)
+    assert str(err.value) == (
+        "%s is a %s, not the symlink to the newest run: it was left as it is and is now stale (this run's reports "
+        "are in %s); move it away so the next run can point it at the newest reports"
+        % (latest, kind, tmp_path / "run-2"))
+    assert os.path.isfile(str(tmp_path / "run-2" / "summary.md"))  # this run's reports are all there
+    assert not os.path.islink(str(latest))
+    kept = (latest / "summary.md") if kind == "directory" else latest
+    assert kept.read_text().startswith("someone's")
+    os.rename(str(latest), str(tmp_path / "moved"))
+    validate_report.write(str(tmp_path), "run-3", verdict)
+    assert os.readlink(str(latest)) == "run-3"

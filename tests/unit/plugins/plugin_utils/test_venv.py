@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""plugins/plugin_utils/venv.py: the controller wheelhouse (host tags, picking each host's files, fetching once
+and checking hashes, one mpi4py build per combination) and what it says when it cannot list a lock."""
 
 import hashlib
 import os
