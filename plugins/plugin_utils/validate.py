@@ -364,7 +364,7 @@ CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host
 ABORTED = "aborted"
 # Faults that bring a whole launch down (a rank whose environment differs still runs).
 _ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "not_in_hostfile"])
-GATE_FIELDS = ("lock_sha256", "venv_path", "python", "packages", "files", "mpi", "launcher", "mpi4py", "uv")
+GATE_FIELDS = ("lock_sha256", "venv_path", "python", "packages", "files", "bytes", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
                        r"No \S+ host key is known|host key for \S+ has changed", re.I)
@@ -419,6 +419,9 @@ def _value(result, field):
         return _pins(result)
     if field == "files":
         return _changed_files(result)
+    if field == "bytes":  # same lock, same bytes: the venv's content digest, per package
+        digest = ((result.get("integrity") or {}).get("content_digest")) or {}
+        return tuple(sorted((digest.get("by_package") or {}).items())) if digest else None
     if field == "mpi":
         return " ".join(p for p in (library.get("flavor"), library.get("version")) if p) or None
     if field == "launcher":
@@ -437,6 +440,11 @@ def _shown_value(field, value, reference):
         diff = ["%s %s (the others %s)" % (n, mine.get(n, "absent"), ref.get(n, "absent"))
                 for n in sorted(set(mine) | set(ref)) if mine.get(n) != ref.get(n)]
         return "; ".join(diff[:8]) + ("; %d more" % (len(diff) - 8) if len(diff) > 8 else "")
+    if field == "bytes":
+        mine, ref = dict(value or ()), dict(reference or ())
+        differ = sorted(n for n in set(mine) | set(ref) if mine.get(n) != ref.get(n))
+        return ("the files of %s differ from the other hosts'" % ", ".join(differ[:8])
+                + (" and %d more" % (len(differ) - 8) if len(differ) > 8 else "")) if value else "no content digest"
     if field == "files":
         extra = sorted(set(value) - set(reference or ()))
         gone = sorted(set(reference or ()) - set(value))
@@ -464,12 +472,14 @@ def gate(hosts, results):
         for field in GATE_FIELDS:
             if raw[host][field] != reference.get(field):
                 shown_ref = "%d package(s)" % len(reference[field]) if field == "packages" else \
-                    "%d changed file(s)" % len(reference[field]) if field == "files" else reference[field]
+                    "%d changed file(s)" % len(reference[field]) if field == "files" else \
+                    "%d package digest(s)" % len(reference[field] or ()) if field == "bytes" else reference[field]
                 disagreements.setdefault(host, []).append(
                     {"field": field, "value": _shown_value(field, raw[host][field], reference[field]),
                      "reference": shown_ref})
-    values = {h: {f: (len(v) if f in ("packages", "files") else v) for f, v in raw[h].items()} for h in checked}
-    shown = dict((f, len(v) if f in ("packages", "files") else v) for f, v in reference.items())
+    values = {h: {f: (len(v or ()) if f in ("packages", "files", "bytes") else v) for f, v in raw[h].items()}
+              for h in checked}
+    shown = dict((f, len(v or ()) if f in ("packages", "files", "bytes") else v) for f, v in reference.items())
     return {"passed": not disagreements, "reference": shown, "disagreements": disagreements, "values": values}
 
 
@@ -863,7 +873,7 @@ def problem_lines(hosts, statuses, reports, the_gate, smoke_part):
             lines.append("%s: drift: %s%s" % (host, "; ".join(found[:3]), more))
     for host in hosts:
         for d in the_gate["disagreements"].get(host, []):
-            if d["field"] in ("packages", "files"):
+            if d["field"] in ("packages", "files", "bytes"):
                 lines.append("%s: %s differ from the other hosts: %s" % (host, d["field"], d["value"]))
             else:
                 lines.append("%s: %s is %s, the other hosts %s" % (host, d["field"], d["value"], d["reference"]))

@@ -18,7 +18,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import C
 STATUSES = ("ok", "drift", "error", "unreachable")
 COLUMNS = ("host", "status", "missing", "extra", "mismatched", "tampered", "gpu", "mpi", "abi", "smoke", "fingerprint")
 FIELD_NAMES = {"lock_sha256": "lock sha256", "venv_path": "venv path", "python": "Python", "packages": "packages",
-               "files": "changed files", "mpi": "MPI library", "launcher": "MPI launcher",
+               "files": "changed files", "bytes": "venv bytes", "mpi": "MPI library", "launcher": "MPI launcher",
                "mpi4py": "mpi4py (variant)", "uv": "uv"}
 
 

@@ -735,3 +735,15 @@ def test_a_host_whose_build_was_killed_is_reported_as_such_not_unreachable():
     assert cv.earlier_failure("x", {"changed": True}) is None
     assert cv.earlier_failure("x", {"unreachable": True, "msg": "ssh: connect timed out"}) == {
         "unreachable": True, "msg": "unreachable during x: ssh: connect timed out"}
+
+
+def test_same_lock_same_bytes_names_the_host_and_the_packages_whose_files_differ():
+    hosts, results = gate_case()
+    results = copy.deepcopy(results)
+    for host in hosts:
+        results[host]["integrity"] = {"content_digest": {"sha256": "s", "by_package": {"numpy": "n1", "tqdm": "t1"}}}
+    results["lab-3"]["integrity"]["content_digest"]["by_package"]["numpy"] = "poisoned"
+    found = cv.gate(hosts, results)
+    assert [d["field"] for d in found["disagreements"]["lab-3"]] == ["bytes"]
+    assert found["disagreements"]["lab-3"][0]["value"] == "the files of numpy differ from the other hosts'"
+    assert list(found["disagreements"]) == ["lab-3"]
