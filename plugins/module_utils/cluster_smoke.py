@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import json
 import os
 import pwd
@@ -49,8 +50,8 @@ ARGUMENT_SPEC = dict(
     # Set by the action plugin: the hostfile names of the members the controller reached.
     hosts=dict(type="list", elements="str"),
     # The shared-storage check: directories every rank checks, the free space each must have.
-    shared_dirs=dict(type="list", elements="path", default=[]),
-    shared_min_free=dict(type="str", default="0"),
+    shared_dirs=dict(type="list", elements="str", default=[]),
+    shared_min_free=dict(type="raw", default="0"),
     shared_timeout=dict(type="int", default=10),
 )
 
@@ -121,7 +122,8 @@ got = comm.sendrecv(rank, dest=(rank + 1) % size, source=(rank - 1) % size)
 say({"phase": "done", "rank": rank, "size": size, "allreduce": total, "ring_from": got,
      "collectives_s": round(time.time() - t1, 3)})
 if len(sys.argv) > 3:
-    hung = shared_storage(comm, rank, size, json.loads(sys.argv[3]), sys.argv[1])
+    import base64
+    hung = shared_storage(comm, rank, size, json.loads(base64.urlsafe_b64decode(sys.argv[3]).decode("utf-8")), sys.argv[1])
 MPI.Finalize()
 if len(sys.argv) > 3 and hung:
     os._exit(0)  # a thread stuck in a hung mount must not hold the rank at exit
@@ -143,6 +145,8 @@ def storage_in_time(work, items, limit, hung):
     def one(i):
         try:
             results[i] = work(i)
+        except OSError as exc:
+            results[i] = {"error": storage_error(exc)}
         except Exception as exc:
             results[i] = {"error": "%s: %s" % (type(exc).__name__, exc)}
     threads = []
@@ -311,6 +315,13 @@ def parse_size(text):
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def encode_plan(storage):
+    """The plan as the ranks get it: JSON in URL-safe base64, one word whatever the paths hold
+    (no launcher or remote shell splits or unquotes it)."""
+    text = json.dumps({"dirs": storage["dirs"], "timeout": storage["timeout"]}, sort_keys=True)
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
+
+
 def storage_plan(params):
     """``None`` without shared_dirs, else ``{"dirs", "min_free" (bytes), "timeout"}``; ValueError
     for a relative directory, a size that is none, or a timeout below one second."""
@@ -427,7 +438,7 @@ def launch_command(launcher, flavor, hostfile, ranks, python, token, members_at,
         raise ValueError("cannot launch with a launcher of unknown flavor (%s)" % launcher)
     argv += [python, "-c", RANK_SCRIPT, token, members_at]
     if storage:
-        argv.append(json.dumps({"dirs": storage["dirs"], "timeout": storage["timeout"]}))
+        argv.append(encode_plan(storage))
     return argv
 
 

@@ -125,14 +125,14 @@ options:
       - Every rank reaches every collective whatever its directories do - a rank that cannot
         write only writes nothing. M(lockstep.cluster.validate) judges the reports.
     type: list
-    elements: path
+    elements: str
     default: []
   shared_min_free:
     description:
       - Free space each of O(shared_dirs) must have on every host, in bytes or with a unit -
         C(500M), C(20G), C(1.5T) (K, M, G, T, P are powers of 1024; C(G), C(Gi) and C(GiB) are
         the same). C(0) checks no amount (a full filesystem still fails the write check).
-    type: str
+    type: raw
     default: "0"
   shared_timeout:
     description:

@@ -4,6 +4,7 @@ directories, with an allgather that behaves like MPI's (everyone waits for every
 storage is a directory per rank at the rank's own path; a host that sees the shared storage
 read-only or full is a view of it (a symlink) whose writes fail as the kernel would fail them."""
 
+import base64
 import errno
 import json
 import os
@@ -147,6 +148,18 @@ def test_a_read_only_view_still_sees_the_shared_file_and_says_why_it_cannot_writ
     assert ro["realpath"] == shared
 
 
+def test_a_writer_that_cannot_write_its_file_hands_the_round_to_the_next_rank(tmp_path):
+    shared = str(tmp_path / "shared")
+    os.mkdir(shared)
+    os.symlink(shared, str(tmp_path / "quota-view"))
+    # Rank 0's small probe file fits, its token file does not (a quota, a full filesystem).
+    reports, world, dummy = run_ranks([[str(tmp_path / "quota-view")], [shared], [shared]],
+                                      faults={"quota-view/.lockstep-shared": errno.EDQUOT})
+    assert [f["seen"] for f in facts(reports, 0)] == [1, 1, 1]
+    assert facts(reports, 0)[0]["write_error"] == "Disk quota exceeded"
+    assert [f["writers"] for f in facts(reports, 0)] == [[1]] * 3 and world.calls == [5, 5, 5]
+
+
 def test_read_only_everywhere_writes_nothing_and_every_rank_finishes(tmp_path):
     shared = str(tmp_path / "ro-everywhere")
     os.mkdir(shared)
@@ -160,6 +173,20 @@ def test_a_full_directory_fails_the_write_with_enospc(tmp_path):
     os.mkdir(shared)
     reports, dummy, dummy = run_ranks([[shared]] * 2, faults={"full": errno.ENOSPC})
     assert [f["write_error"] for f in facts(reports, 0)] == ["No space left on device"] * 2
+
+
+def test_a_file_by_the_token_name_with_other_content_is_no_proof(tmp_path):
+    # Host 2's own directory already holds a file by the name rank 0 writes (a copy, a stale
+    # one): reading it is not seeing rank 0's file, and host 2 cannot write its own there.
+    local = [str(tmp_path / ("host%d" % r)) for r in range(3)]
+    for path in local:
+        os.mkdir(path)
+    with open(os.path.join(local[2], ".lockstep-shared-%s-0" % TOKEN), "w") as handle:
+        handle.write("%s %s" % (TOKEN, "0" * 32))
+    reports, dummy, dummy = run_ranks([[local[0]], [local[0]], [local[2]]])
+    odd = facts(reports, 0)[2]
+    assert odd["read"] == "differs" and odd["seen"] is None and odd["write_error"] == "File exists"
+    assert [f["seen"] for f in facts(reports, 0)] == [0, 0, None]
 
 
 def test_a_missing_directory_on_one_host_does_not_stop_the_others(tmp_path):
@@ -226,14 +253,15 @@ def test_the_plan_wants_absolute_paths_and_keeps_their_order_once():
 
 
 def test_the_launch_hands_the_plan_to_every_rank_and_the_rank_script_reports_the_storage(tmp_path):
-    shared = tmp_path / "data"
+    shared = tmp_path / "da ta 'x'"  # one argument to every rank, whatever the path holds
     shared.mkdir()
     params = dict(fake_cluster(tmp_path), shared_dirs=[str(shared), str(tmp_path / "nowhere")],
                   shared_min_free="1M", shared_timeout=5)
     out = cs.run(params, dict(os.environ))
     assert out["returncode"] == 0, out["stderr_tail"]
     assert out["storage"] == {"dirs": [str(shared), str(tmp_path / "nowhere")], "min_free": 1 << 20, "timeout": 5}
-    assert json.loads(out["command"][-1]) == {"dirs": [str(shared), str(tmp_path / "nowhere")], "timeout": 5}
+    assert json.loads(base64.urlsafe_b64decode(out["command"][-1])) == {
+        "dirs": [str(shared), str(tmp_path / "nowhere")], "timeout": 5}
     assert "<rank script>" in out["command"] and cs.RANK_SCRIPT not in out["command"]
     storage = out["ranks"][0]["storage"]
     assert [d["seen"] for d in storage["dirs"]] == [0, None]

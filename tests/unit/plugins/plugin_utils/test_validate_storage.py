@@ -139,6 +139,16 @@ def test_a_filesystem_that_refuses_the_write_for_space_is_not_writable():
         "bench cannot create a file there: No space left on device"
 
 
+def test_a_writer_whose_token_write_failed_after_its_probe_passed_is_not_writable():
+    # Rank 0 could not write its file, so rank 1 wrote one in the next round; all three read it.
+    found = verdict({"lab-1": [fact("/data", seen=1, writers=(1,), write_error="Disk quota exceeded")],
+                     "lab-2": [fact("/data", seen=1, writers=(1,))], "lab-3": [fact("/data", seen=1, writers=(1,))]})
+    entry = found["storage"]["hosts"]["lab-1"]["/data"]
+    assert entry["causes"] == ["not_writable"] and entry["message"] == \
+        "bench cannot create a file there: Disk quota exceeded"
+    assert found["storage"]["dirs"][0] == {"path": "/data", "shared_by": HOSTS, "writers": ["lab-2"]}
+
+
 def test_a_missing_directory_is_named_and_nothing_else_is_claimed_about_it():
     found = verdict({"lab-3": [fact("/data", seen=None, exists=False, error="does not exist", writers=(0,),
                                     fstype=None, source=None, free=None)]})
