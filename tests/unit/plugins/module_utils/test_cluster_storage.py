@@ -273,4 +273,3 @@ def test_without_shared_dirs_the_ranks_get_no_plan_and_report_no_storage(tmp_pat
     out = cs.run(fake_cluster(tmp_path), dict(os.environ))
     assert out["returncode"] == 0 and "storage" not in out
     assert out["command"][-1].endswith("cluster.json") and "storage" not in out["ranks"][0]
-

@@ -210,7 +210,7 @@ def test_summary_names_host_and_directory_first_and_in_the_cluster_section_and_c
     local = fact("/data", seen=2, writers=(0, 2), fstype="ext4", source="/dev/sda1")
     found = verdict({"lab-3": [local]})
     summary = validate_report.build("r", found)["summary_md"]
-    head = summary.split("| host |")[0]
+    head = summary.split("| host |", maxsplit=1)[0]
     assert "- lab-3: shared storage /data: not_shared: not the storage lab-1, lab-2 share" in head
     cluster = summary.split("## Cluster")[1]
     assert "| lab-3 | /data | not_shared | ext4 | /dev/sda1 | 100.0 GiB | not the storage lab-1, lab-2 share" in cluster
@@ -232,3 +232,36 @@ def test_groups_ties_go_to_the_first_hosts_group_and_one_host_cannot_share():
 def test_human_bytes():
     assert [cv.human_bytes(n) for n in (0, 1023, 1024, 3 << 29, 5 << 40, 3 << 50)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 GiB", "5.0 TiB", "3072.0 TiB"]
+
+
+# Recorded on the SSH lab (fixtures/cluster/storage.json, see its note): a volume on every host,
+# a directory of each host's own, one that lab-2 lacks, and one bench cannot write in.
+
+def recorded_storage(min_free=None):
+    case = load("storage")
+    smoke = copy.deepcopy(case["smoke"])
+    if min_free is not None:
+        smoke["storage"]["min_free"] = min_free
+    return cv.storage_verdict(case["members"], smoke)
+
+
+def test_recorded_lab_run_names_each_host_and_directory():
+    found = recorded_storage()
+    table = dict((d, [found["hosts"][h][d]["status"] for h in HOSTS])
+                 for d in ("/srv/shared/data", "/srv/own/a", "/srv/staged", "/srv"))
+    assert table == {"/srv/shared/data": ["ok", "ok", "ok"], "/srv/own/a": ["not_shared"] * 3,
+                     "/srv/staged": ["not_shared", "missing", "not_shared"], "/srv": ["not_writable"] * 3}
+    assert found["hosts"]["lab-2"]["/srv"]["message"] == "bench cannot create a file there: Permission denied"
+    assert found["hosts"]["lab-2"]["/srv/staged"]["message"] == "/srv/staged does not exist here"
+    assert found["dirs"][0] == {"path": "/srv/shared/data", "shared_by": HOSTS, "writers": ["lab-1"]}
+    # Nobody could write in /srv: nothing proves it shared or not, and nothing claims it.
+    assert found["dirs"][3]["writers"] == [] and found["hosts"]["lab-1"]["/srv"]["causes"] == ["not_writable"]
+    assert found["failed_hosts"] == HOSTS and not found["passed"]
+
+
+def test_recorded_lab_run_with_a_minimum_above_the_free_space_names_the_shared_volume_too():
+    free = load("storage")["smoke"]["ranks"][0]["storage"]["dirs"][0]["free"]
+    found = recorded_storage(min_free=free + (1 << 30))
+    assert [found["hosts"][h]["/srv/shared/data"]["status"] for h in HOSTS] == ["low_space"] * 3
+    assert found["hosts"]["lab-3"]["/srv/shared/data"]["message"].endswith("required (ext4 /dev/vda)")
+    assert recorded_storage(min_free=free - (1 << 30))["hosts"]["lab-3"]["/srv/shared/data"]["status"] == "ok"
