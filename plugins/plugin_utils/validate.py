@@ -689,10 +689,9 @@ def smoke_verdict(members, results, smoke, launch_host):
     return out
 
 
-
 # The shared-storage check (cluster_shared_dirs): per host and directory, every cause that
-# applies, in this order; the first is the status.
-STORAGE_CAUSES = ("not_checked", "missing", "hung", "not_writable", "low_space", "not_shared")
+# applies, in this order, the first being the status - not_checked, missing, hung,
+# not_writable, low_space, not_shared.
 
 
 def human_bytes(count):
@@ -755,8 +754,8 @@ def _storage_causes(host, path, fact, smoke_status, user, min_free, shared, by_r
     if not fact.get("writable") or fact.get("write_error"):
         out.append(("not_writable", "%s cannot create a file there: %s" % (user, fact.get("write_error") or "unknown error")))
     if min_free and fact.get("free") is not None and fact["free"] < min_free:
-        out.append(("low_space", "%s free, %s required (%s)" % (human_bytes(fact["free"]), human_bytes(min_free),
-                                                                  _where(fact))))
+        out.append(("low_space", "%s free, %s required (%s)" % (
+            human_bytes(fact["free"]), human_bytes(min_free), _where(fact))))
     reference, groups = shared["reference"], shared["groups"]
     if reference is not None and host not in reference:
         with_me = [h for h in groups.get(fact.get("seen"), []) if h != host]
