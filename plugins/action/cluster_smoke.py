@@ -7,9 +7,10 @@ lockstep.cluster.validate's."""
 
 from __future__ import annotations
 
+from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC, storage_plan
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.cluster import address_and_aliases
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import checked, elect
 
@@ -35,6 +36,10 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            storage_plan(args)  # bad input fails on every member, before anyone launches
+        except ValueError as exc:
+            raise AnsibleActionFail(str(exc))
         hostvars = task_vars.get("hostvars", {})
         me = task_vars.get("inventory_hostname")
         members = describe_members(args["members"], hostvars)

@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import json
 import os
 import pwd
@@ -48,6 +49,10 @@ ARGUMENT_SPEC = dict(
     grace=dict(type="int", default=10),
     # Set by the action plugin: the hostfile names of the members the controller reached.
     hosts=dict(type="list", elements="str"),
+    # The shared-storage check: directories every rank checks, the free space each must have.
+    shared_dirs=dict(type="list", elements="str", default=[]),
+    shared_min_free=dict(type="raw", default="0"),
+    shared_timeout=dict(type="int", default=10),
 )
 
 TAG = "LOCKSTEP-CLUSTER "
@@ -116,8 +121,225 @@ total = comm.allreduce(rank, op=MPI.SUM)
 got = comm.sendrecv(rank, dest=(rank + 1) % size, source=(rank - 1) % size)
 say({"phase": "done", "rank": rank, "size": size, "allreduce": total, "ring_from": got,
      "collectives_s": round(time.time() - t1, 3)})
+if len(sys.argv) > 3:
+    import base64
+    hung = shared_storage(comm, rank, size, json.loads(base64.urlsafe_b64decode(sys.argv[3]).decode("utf-8")), sys.argv[1])
 MPI.Finalize()
+if len(sys.argv) > 3 and hung:
+    os._exit(0)  # a thread stuck in a hung mount must not hold the rank at exit
 '''
+
+# The shared-storage check (cluster_shared_dirs), run by every rank after the collectives, as
+# the cluster user. Sameness is proved by content, never by st_dev/inode (FUSE, DAOS, NFS
+# give each client its own): a rank writes a file with a random secret, every rank reads it.
+# Every rank reaches every allgather whatever its directories do: file work runs in threads
+# joined against a deadline, and a directory that hangs there is skipped from then on.
+STORAGE_SCRIPT = r"""
+import errno as _errno, os as _os, re as _re, threading as _threading, time as _time
+STORAGE_ROUNDS = 4
+
+
+def storage_in_time(work, items, limit, hung):
+    results = {}
+
+    def one(i):
+        try:
+            results[i] = work(i)
+        except OSError as exc:
+            results[i] = {"error": storage_error(exc)}
+        except Exception as exc:
+            results[i] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    threads = []
+    for i in items:
+        if i not in hung:
+            thread = _threading.Thread(target=one, args=(i,))
+            thread.daemon = True
+            thread.start()
+            threads.append((i, thread))
+    deadline = _time.time() + limit
+    for i, thread in threads:
+        thread.join(max(0.0, deadline - _time.time()))
+        if thread.is_alive():
+            hung.add(i)
+    return dict((i, results[i]) for i, dummy in threads if i not in hung and i in results)
+
+
+def storage_unescape(text):
+    return _re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def storage_mount(real):
+    best = {}
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" not in fields:
+                continue
+            sep = fields.index("-")
+            point = storage_unescape(fields[4])
+            if real == point or real.startswith(point.rstrip("/") + "/"):
+                if len(point) >= len(best.get("mountpoint", "")):
+                    best = {"mountpoint": point, "fstype": fields[sep + 1], "source": storage_unescape(fields[sep + 2]),
+                            "mount_options": fields[5]}
+    return best
+
+
+def storage_error(exc):
+    return _os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc)
+
+
+def storage_local(path, probe):
+    fact = {"path": path, "realpath": _os.path.realpath(path), "exists": _os.path.isdir(path)}
+    if not fact["exists"]:
+        fact["error"] = "not a directory" if _os.path.lexists(path) else "does not exist"
+        return fact
+    vfs = _os.statvfs(path)
+    fact.update(free=vfs.f_bavail * vfs.f_frsize, size=vfs.f_blocks * vfs.f_frsize, inodes_free=vfs.f_favail)
+    fact.update(storage_mount(fact["realpath"]))
+    name = _os.path.join(path, probe)
+    fd = None
+    try:
+        fd = _os.open(name, _os.O_WRONLY | _os.O_CREAT | _os.O_EXCL | _os.O_NOFOLLOW, 0o600)
+        _os.write(fd, b"\0" * 4096)
+        _os.fsync(fd)
+        fact["writable"] = True
+    except OSError as exc:
+        fact["writable"] = False
+        fact["write_error"] = storage_error(exc)
+    finally:
+        if fd is not None:
+            _os.close(fd)
+            try:
+                _os.unlink(name)
+            except OSError as exc:
+                fact["cleanup_error"] = "%s: %s" % (name, storage_error(exc))
+    return fact
+
+
+def storage_write(path, secret):
+    fd = _os.open(path, _os.O_WRONLY | _os.O_CREAT | _os.O_EXCL | _os.O_NOFOLLOW, 0o644)
+    try:
+        _os.write(fd, secret.encode("ascii"))
+        _os.fsync(fd)
+    finally:
+        _os.close(fd)
+    return {"secret": secret}
+
+
+def storage_read(path, secret):
+    try:
+        fd = _os.open(path, _os.O_RDONLY | _os.O_NOFOLLOW)
+    except OSError as exc:
+        return {"read": "absent" if exc.errno == _errno.ENOENT else "error: %s" % storage_error(exc)}
+    try:
+        found = _os.read(fd, 256).decode("ascii", "replace")
+    finally:
+        _os.close(fd)
+    return {"read": "seen" if found == secret else "differs"}
+
+
+def shared_storage(comm, rank, size, plan, token):
+    # Facts per directory, then rounds: the lowest writable rank not yet placed writes its file,
+    # allgather (the barrier), every rank not yet placed reads it, allgather, the file goes.
+    began = _time.time()
+    dirs, limit = plan["dirs"], plan["timeout"]
+    count, hung = len(dirs), set()
+    local = storage_in_time(lambda i: storage_local(dirs[i], ".lockstep-probe-%s-%d" % (token, rank)),
+                            range(count), limit, hung)
+    facts = []
+    for i in range(count):
+        fact = local.get(i) or {"path": dirs[i], "error": "the check did not finish in %ss" % limit}
+        fact.update(hung=False, seen=None, read=None, writers=[])
+        facts.append(fact)
+    writable = comm.allgather([bool(f.get("writable")) for f in facts])
+    placed = [set() for dummy in range(count)]
+    tried = [set() for dummy in range(count)]
+    for dummy in range(STORAGE_ROUNDS):
+        writers = []
+        for i in range(count):
+            free = [k for k in range(size) if writable[k][i] and k not in placed[i] and k not in tried[i]]
+            writers.append(free[0] if free else None)
+            if free:
+                tried[i].add(free[0])
+        if all(w is None for w in writers):
+            break
+        names = [_os.path.join(dirs[i], ".lockstep-shared-%s-%d" % (token, i)) for i in range(count)]
+        mine = [i for i in range(count) if writers[i] == rank]
+        secrets = dict((i, "%s %s" % (token, _os.urandom(16).hex())) for i in mine)
+        wrote = storage_in_time(lambda i: storage_write(names[i], secrets[i]), mine, limit, hung)
+        for i in mine:
+            if "secret" not in wrote.get(i, {}):
+                facts[i]["write_error"] = (wrote.get(i) or {}).get("error") or "timed out writing the file"
+        shared = {}
+        for part in comm.allgather(dict((i, secrets[i]) for i in mine if "secret" in wrote.get(i, {}))):
+            shared.update(part)
+        readers = [i for i in range(count) if i in shared and rank not in placed[i]]
+        reads = storage_in_time(lambda i: storage_read(names[i], shared[i]), readers, limit, hung)
+        outcome = comm.allgather(dict((i, (reads.get(i) or {}).get("read") or (reads.get(i) or {}).get("error")
+                                          or "timed out reading the file") for i in readers))
+        gone = [i for i in mine if i in shared]
+        removed = storage_in_time(lambda i: _os.unlink(names[i]), gone, limit, hung)
+        for i in gone:
+            if i not in removed or removed[i]:
+                facts[i]["remove_error"] = "%s: %s" % (names[i], (removed.get(i) or {}).get("error") or "timed out")
+        for i in range(count):
+            if i not in shared:
+                continue
+            facts[i]["writers"].append(writers[i])
+            for k in range(size):
+                if outcome[k].get(i) == "seen":
+                    placed[i].add(k)
+            if i in outcome[rank]:
+                facts[i]["read"] = outcome[rank][i]
+                if outcome[rank][i] == "seen":
+                    facts[i]["seen"] = writers[i]
+    for i in hung:
+        facts[i]["hung"] = True
+    say({"phase": "storage", "rank": rank, "dirs": facts, "storage_s": round(_time.time() - began, 3)})
+    return hung
+"""
+
+# Its functions come first; the rank script calls shared_storage() after its collectives.
+RANK_SCRIPT = STORAGE_SCRIPT + RANK_SCRIPT
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def parse_size(text):
+    """Bytes of ``"0"``, ``"4096"``, ``"500M"``, ``"1.5 GiB"``, ``"2T"``: the letters are powers of
+    1024, with or without ``i``/``B`` after them. ValueError names what it could not read."""
+    match = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(?:i?B|i)?\s*$", str(text), re.I)
+    if not match or (not match.group(2) and re.search(r"[iI]", str(text))):
+        raise ValueError("%r is not a size (bytes, or a number with K, M, G, T or P: 500M, 1.5G)" % (text,))
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def encode_plan(storage):
+    """The plan as the ranks get it: JSON in URL-safe base64, one word whatever the paths hold
+    (no launcher or remote shell splits or unquotes it)."""
+    text = json.dumps({"dirs": storage["dirs"], "timeout": storage["timeout"]}, sort_keys=True)
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def storage_plan(params):
+    """``None`` without shared_dirs, else ``{"dirs", "min_free" (bytes), "timeout"}``; ValueError
+    for a relative directory, a size that is none, or a timeout below one second."""
+    dirs = []
+    for path in params.get("shared_dirs") or []:
+        if not os.path.isabs(path):
+            raise ValueError("shared_dirs: %s is not an absolute path (every rank checks the same path)" % path)
+        if path not in dirs:
+            dirs.append(path)
+    if not dirs:
+        return None
+    try:
+        min_free = parse_size(params.get("shared_min_free") or "0")
+    except ValueError as exc:
+        raise ValueError("shared_min_free: %s" % exc)
+    if params.get("shared_timeout", 10) < 1:
+        raise ValueError("shared_timeout: %s, at least 1 second" % params.get("shared_timeout"))
+    return {"dirs": dirs, "min_free": min_free, "timeout": params.get("shared_timeout", 10)}
 
 
 def parse_hostfile(text):
@@ -199,8 +421,9 @@ def on_each(hosts, work):
     return found
 
 
-def launch_command(launcher, flavor, hostfile, ranks, python, token, members_at, forward, as_root):
-    """One rank per host: Open MPI ``--map-by node``, MPICH ``-ppn 1``; never a prompt (BatchMode)."""
+def launch_command(launcher, flavor, hostfile, ranks, python, token, members_at, forward, as_root, storage=None):
+    """One rank per host: Open MPI ``--map-by node``, MPICH ``-ppn 1``; never a prompt (BatchMode).
+    ``storage``: the shared-storage plan, handed to every rank as its last argument (JSON)."""
     if flavor == "openmpi":
         argv = [launcher, "--hostfile", hostfile, "-n", str(ranks), "--map-by", "node",
                 "--mca", "plm_rsh_args", "-o BatchMode=yes"]
@@ -213,7 +436,10 @@ def launch_command(launcher, flavor, hostfile, ranks, python, token, members_at,
         argv = [launcher, "-f", hostfile, "-launcher", "ssh", "-n", str(ranks), "-ppn", "1"]
     else:
         raise ValueError("cannot launch with a launcher of unknown flavor (%s)" % launcher)
-    return argv + [python, "-c", RANK_SCRIPT, token, members_at]
+    argv += [python, "-c", RANK_SCRIPT, token, members_at]
+    if storage:
+        argv.append(encode_plan(storage))
+    return argv
 
 
 def forwarded(env, env_file_vars, extra):
@@ -292,11 +518,15 @@ def private_hostfile(entries, user):
 def run(params, base_env):
     """Everything the controller needs to judge the launch (see the module's RETURN)."""
     begun = time.time()
+    out = {"user": params["user"], "venv": params["venv"], "hostfile": params["hostfile"], "timeout": params["timeout"]}
+    storage = storage_plan(params)
+    if storage:
+        out["storage"] = storage
     try:
         user = pwd.getpwnam(params["user"])
     except KeyError:
-        return {"error": "user %s does not exist" % params["user"], "stage": "user"}
-    out = {"user": params["user"], "venv": params["venv"], "hostfile": params["hostfile"], "timeout": params["timeout"]}
+        out.update(error="user %s does not exist" % params["user"], stage="user")
+        return out
     try:
         with open(params["hostfile"]) as handle:
             entries = parse_hostfile(handle.read())
@@ -340,7 +570,7 @@ def run(params, base_env):
         env_file_vars = set(read_env_file(env_file))
     env.update(root_env(launcher["flavor"], user.pw_uid))
     argv = launch_command(launcher["path"], launcher["flavor"], hostfile, len(launch), python, token, members_at,
-                          forwarded(env, env_file_vars, params["environment"]), as_root)
+                          forwarded(env, env_file_vars, params["environment"]), as_root, storage)
     try:
         started = time.time()
         result = proc.run(as_user(argv, user), env, params["timeout"], grace=params["grace"])
@@ -348,7 +578,7 @@ def run(params, base_env):
     finally:
         if directory:
             shutil.rmtree(directory, ignore_errors=True)
-    out["command"] = argv[:-3] + ["<rank script>", token, members_at]
+    out["command"] = ["<rank script>" if arg == RANK_SCRIPT else arg for arg in argv]
     out["returncode"] = result.rc
     out["timed_out"] = result.timed_out
     out["token"] = token

@@ -31,6 +31,7 @@ description:
   - Each rank reports, before C(MPI_Init), its host, the venv's real path, the Python and
     mpi4py versions, the libmpi it loaded, C(MPI.Get_library_version()) and a digest of the
     installed packages; then it does an allreduce and a ring exchange.
+  - With O(shared_dirs), every rank then checks those directories (see O(shared_dirs)).
   - On O(timeout) the launcher's process group gets SIGTERM (the launcher tears down its
     remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
     on any host are then found by the launch's token and killed by pid.
@@ -110,6 +111,37 @@ options:
     description: Internal, set by the action plugin; hostfile names of the members the controller reached.
     type: list
     elements: str
+  shared_dirs:
+    description:
+      - Directories a benchmark run will share (data, results, checkpoints), the same absolute
+        path on every host. After its collectives every rank checks each one as O(user) - it
+        exists, a file can be created and fsynced there, free space (C(statvfs), what a non-root
+        user may use), the filesystem type, source and mount options (C(/proc/self/mountinfo)).
+      - Then whether it is the same storage on every host, proved by content and never by
+        C(st_dev)/inode - the lowest rank that can write creates C(.lockstep-shared-<token>-<n>)
+        with a random secret, an allgather (the barrier), every rank reads it back, an
+        allgather, the writer removes it. Ranks that did not see it get a round of their own
+        (up to 4 rounds), so a host that is the odd one out is told apart from the others.
+      - Every rank reaches every collective whatever its directories do - a rank that cannot
+        write only writes nothing. M(lockstep.cluster.validate) judges the reports.
+    type: list
+    elements: str
+    default: []
+  shared_min_free:
+    description:
+      - Free space each of O(shared_dirs) must have on every host, in bytes or with a unit -
+        C(500M), C(20G), C(1.5T) (K, M, G, T, P are powers of 1024; C(G), C(Gi) and C(GiB) are
+        the same). C(0) checks no amount (a full filesystem still fails the write check).
+    type: raw
+    default: "0"
+  shared_timeout:
+    description:
+      - Seconds each step of the storage check (the local check, writing, reading, removing the
+        file) may take on a rank; a directory still busy then (a hung mount) is reported as
+        such and skipped by that rank from then on, and the rank goes on to the next collective.
+      - Keep O(timeout) above a few times this when O(shared_dirs) may hang.
+    type: int
+    default: 10
 notes:
   - Run it on every member (no C(run_once)); only the elected host contacts anyone.
 seealso:
@@ -129,6 +161,14 @@ EXAMPLES = r"""
   lockstep.cluster.cluster_smoke:
     members: "{{ ansible_play_hosts_all }}"
     venv: /opt/lockstep/venv
+  register: _validate_cluster
+
+- name: The same, and the data and results directories shared by every host, 20 GiB free
+  lockstep.cluster.cluster_smoke:
+    members: "{{ ansible_play_hosts_all }}"
+    venv: /opt/lockstep/venv
+    shared_dirs: [/mnt/data, /mnt/results]
+    shared_min_free: 20G
   register: _validate_cluster
 """
 
@@ -154,7 +194,9 @@ smoke:
   description:
     - What the launching host saw - C(launcher), C(preflight) per host, C(launched_hosts),
       C(command), C(returncode), C(timed_out), C(seconds), C(ranks) (each rank's tagged
-      reports), C(stderr_tail), C(stragglers) (pids killed after a failed launch), C(error).
+      reports; with O(shared_dirs) a C(storage) phase per rank), C(stderr_tail), C(stragglers)
+      (pids killed after a failed launch), C(error), C(storage) (C(dirs), C(min_free) in bytes,
+      C(timeout)) when O(shared_dirs) is set.
   returned: on the launching host
   type: dict
 """
@@ -163,11 +205,15 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC, run
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC, run, storage_plan
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        storage_plan(module.params)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     if module.params["env_file"] and not os.path.isfile(module.params["env_file"]):
         module.fail_json(msg="env_file %s does not exist" % module.params["env_file"])
     try:

@@ -749,6 +749,135 @@ def smoke_verdict(members, results, smoke, launch_host):
     return out
 
 
+# The shared-storage check (cluster_shared_dirs): per host and directory, every cause that
+# applies, in this order, the first being the status - not_checked, missing, hung,
+# not_writable, low_space, not_shared.
+
+
+def human_bytes(count):
+    """``1.5 GiB``: what the reports show for a size in bytes."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return "%d B" % count if unit == "B" else "%.1f %s" % (value, unit)
+        value /= 1024
+
+
+def _storage_docs(members, ranks):
+    """``({host: the storage report of its lowest rank, or None}, {rank number: host})``."""
+    attributed, dummy = attribute(members, ranks)
+    docs, by_rank = {}, {}
+    for m in members:
+        mine = attributed.get(m["host"], [])
+        for rank in mine:
+            number = (rank.get("storage") or rank.get("init") or {}).get("rank")
+            if number is not None:
+                by_rank[number] = m["host"]
+        reports = sorted((r["storage"] for r in mine if r.get("storage")), key=lambda d: d.get("rank", 0))
+        docs[m["host"]] = reports[0] if reports else None
+    return docs, by_rank
+
+
+def _storage_groups(hosts, facts):
+    """One directory: ``{"groups": {writer rank: [hosts that read its file]}, "reference": the
+    largest group of more than one host (ties: the first host's), None when no two hosts share
+    it or fewer than two could compare, "writer": the rank that wrote the reference's file,
+    "compared": how many hosts could compare}``."""
+    compared = [h for h in hosts if facts[h] and facts[h].get("exists") and not facts[h].get("hung")]
+    groups = {}
+    for host in compared:
+        if facts[host].get("seen") is not None:
+            groups.setdefault(facts[host]["seen"], []).append(host)
+    out = {"groups": groups, "reference": None, "writer": None, "compared": len(compared)}
+    top = max([len(g) for g in groups.values()] or [0])
+    if len(compared) > 1 and top > 1:
+        out["writer"] = next(w for h in compared for w, g in sorted(groups.items()) if h in g and len(g) == top)
+        out["reference"] = groups[out["writer"]]
+    return out
+
+
+def _where(fact):
+    return " ".join(p for p in (fact.get("fstype"), fact.get("source")) if p) or "unknown filesystem"
+
+
+def _storage_causes(host, path, fact, smoke_status, user, min_free, shared, by_rank):
+    """``[(cause, message)]`` of one host and directory (``shared``: _storage_groups')."""
+    if fact is None:
+        if smoke_status not in (None, "ok"):
+            return [("not_checked", "its rank did not get that far (%s)" % smoke_status)]
+        return [("not_checked", "its rank did not report the storage check")]
+    if not fact.get("exists"):
+        return [("missing", "%s %s here" % (path, fact.get("error") or "does not exist"))]
+    if fact.get("hung"):
+        return [("hung", "%s did not answer in time here: %s" % (path, fact.get("error") or "a step timed out"))]
+    out = []
+    if not fact.get("writable") or fact.get("write_error"):
+        out.append(("not_writable", "%s cannot create a file there: %s" % (user, fact.get("write_error") or "unknown error")))
+    if min_free and fact.get("free") is not None and fact["free"] < min_free:
+        out.append(("low_space", "%s free, %s required (%s)" % (
+            human_bytes(fact["free"]), human_bytes(min_free), _where(fact))))
+    reference, groups = shared["reference"], shared["groups"]
+    if reference is not None and host not in reference:
+        with_me = [h for h in groups.get(fact.get("seen"), []) if h != host]
+        out.append(("not_shared", "not the storage %s share: it does not see the file %s wrote there%s (here %s)" % (
+            ", ".join(reference), by_rank.get(shared["writer"], "rank %s" % shared["writer"]),
+            "; it shares it with %s only" % ", ".join(with_me) if with_me else "", _where(fact))))
+    elif reference is None and shared["compared"] > 1 and groups:
+        out.append(("not_shared", "no other host sees the same files there (here %s)" % _where(fact)))
+    return out
+
+
+def storage_verdict(members, smoke, smoke_hosts=None):
+    """The shared-storage verdict of a launch that carried ``shared_dirs``, or None without.
+
+    Per host and directory ``{"status": "ok" | cause, "causes", "message"}`` and what the rank
+    saw (filesystem, source, free space); per directory the hosts that share it (``reference``)
+    and who wrote the file they read. A host that misses the directory, whose check hung, that
+    cannot write there, has less than ``min_free`` free, or does not see the file the others
+    see (or no two hosts see each other's) fails; ``failed_hosts`` leaves out hosts whose rank
+    never got that far (the smoke verdict names those)."""
+    plan = (smoke or {}).get("storage")
+    if not plan:
+        return None
+    hosts = [m["host"] for m in members]
+    docs, by_rank = _storage_docs(members, smoke.get("ranks") or [])
+    smoke_hosts = smoke_hosts or {}
+    out = {"dirs": [], "min_free": plan.get("min_free") or 0, "hosts": dict((h, {}) for h in hosts), "problems": []}
+    not_reached = []
+    for index, path in enumerate(plan["dirs"]):
+        facts = {}
+        for host in hosts:
+            listed = (docs[host] or {}).get("dirs") or []
+            facts[host] = listed[index] if index < len(listed) else None
+        shared = _storage_groups(hosts, facts)
+        writers = sorted(set(w for h in hosts if facts[h] for w in facts[h].get("writers") or ()))
+        out["dirs"].append({"path": path, "shared_by": shared["reference"] or [],
+                            "writers": [by_rank.get(w, "rank %s" % w) for w in writers]})
+        for host in hosts:
+            fact = facts[host] or {}
+            status = (smoke_hosts.get(host) or {}).get("status")
+            causes = _storage_causes(host, path, facts[host], status, smoke.get("user"), out["min_free"], shared,
+                                     by_rank)
+            out["hosts"][host][path] = {
+                "status": causes[0][0] if causes else "ok", "causes": [c for c, dummy in causes],
+                "message": "; ".join(m for dummy, m in causes),
+                "fstype": fact.get("fstype"), "source": fact.get("source"), "mountpoint": fact.get("mountpoint"),
+                "mount_options": fact.get("mount_options"), "realpath": fact.get("realpath"), "free": fact.get("free"),
+                "seen_from": by_rank.get(fact.get("seen")) if fact.get("seen") is not None else None}
+            if causes and causes[0][0] == "not_checked" and status not in (None, "ok"):
+                not_reached.append(host)
+            elif causes:
+                out["problems"].append("%s: shared storage %s: %s: %s" % (
+                    host, path, causes[0][0], out["hosts"][host][path]["message"]))
+    if not_reached:
+        out["problems"].append("shared storage not checked on %s: the launch did not get that far there" % ", ".join(
+            h for h in hosts if h in not_reached))
+    out["failed_hosts"] = [h for h in hosts if h not in not_reached and any(
+        e["status"] != "ok" for e in out["hosts"][h].values())]
+    out["passed"] = all(e["status"] == "ok" for per in out["hosts"].values() for e in per.values())
+    return out
+
+
 def earlier_failure(name, registered):
     """A stand-in probe result for a host that left the play before the audit, from what it
     registered while it was provisioned (``registered``: the venv task's result): why it left,
@@ -814,7 +943,12 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
     failed = set(the_gate["disagreements"])
     if smoke_part:
         failed |= set(h for h, e in smoke_part["hosts"].items() if e["status"] not in ("ok", ABORTED))
-    cluster_passed = the_gate["passed"] and (smoke_part is None or smoke_part["passed"])
+    storage_part = storage_verdict(launch["members"], launch.get("smoke"), (smoke_part or {}).get("hosts")) \
+        if launch else None
+    if storage_part:
+        failed |= set(storage_part["failed_hosts"])
+    cluster_passed = the_gate["passed"] and (smoke_part is None or smoke_part["passed"]) \
+        and (storage_part is None or storage_part["passed"])
     smoke_missing = None
     if cluster_smoke and launch is None and len(hosts) > 1:
         # Asked for and not launched: a failure with its reason, never a pass.
@@ -835,10 +969,12 @@ def judge(hosts, probes, lock, lock_info, launches=(), cluster_smoke=False, igno
         "smoke": smoke_part,
         "smoke_raw": launch.get("smoke") if launch else None,
         "smoke_missing": smoke_missing,
+        "storage": storage_part,
         "cluster": {"verdict": "pass" if cluster_passed else "fail",
                     "failed_hosts": [h for h in hosts if h in failed]},
         "failed": bool(drifted or unreachable or not cluster_passed),
         "problems": problem_lines(hosts, statuses, reports, the_gate, smoke_part)
+        + list((storage_part or {}).get("problems") or [])
         + (["cluster smoke test %s" % smoke_missing] if smoke_missing else []),
     }
 

@@ -4,7 +4,7 @@
 ``reports/<run-id>/<host>.json``, ``summary.md`` (what failed and why, one row per host, the
 cross-host comparison, unreachable hosts, findings, and the Cluster section) and ``junit.xml``
 (one testcase per host and check, and a ``cluster`` testsuite), ``cluster.json`` (every rank's
-report) and ``reports/latest``."""
+report, the shared-storage verdict) and ``reports/latest``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import CHECKS, GATE_FIELDS
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import CHECKS, GATE_FIELDS, human_bytes
 
 STATUSES = ("ok", "drift", "error", "unreachable")
 COLUMNS = ("host", "status", "missing", "extra", "mismatched", "tampered", "gpu", "mpi", "abi", "smoke", "fingerprint")
@@ -109,9 +109,11 @@ def cluster_markdown(verdict):
     else:
         smoke_text = verdict.get("smoke_missing") or "not run"
     the_gate = verdict["gate"]
-    out.append("Verdict: **%s** (%d host(s)). Smoke: %s. Hosts %s." % (
+    storage = verdict.get("storage")
+    out.append("Verdict: **%s** (%d host(s)). Smoke: %s. Hosts %s.%s" % (
         verdict["cluster"]["verdict"], len(verdict["hosts"]), smoke_text,
-        "agree" if the_gate["passed"] else "disagree: %d host(s)" % len(the_gate["disagreements"])))
+        "agree" if the_gate["passed"] else "disagree: %d host(s)" % len(the_gate["disagreements"]),
+        " Shared storage: %s." % storage_text(storage) if storage else ""))
     if smoke:
         out += ["", "| host | smoke | ranks | ssh s | startup s | MPI_Init s | collectives s | cause |", "|" + "---|" * 8]
         for host in verdict["hosts"]:
@@ -127,12 +129,46 @@ def cluster_markdown(verdict):
         extra = [p for p in smoke["problems"] if not any(p.startswith(h + ": ") for h in smoke["hosts"])]
         if extra:
             out += [""] + ["- %s" % p for p in extra]
+    if storage:
+        out += storage_markdown(verdict["hosts"], storage)
     return "\n".join(out) + "\n"
+
+
+def storage_text(storage):
+    """``pass``/``FAIL`` of the shared-storage check, with how many host/directory pairs failed."""
+    pairs = [e for per in storage["hosts"].values() for e in per.values()]
+    bad = sum(1 for e in pairs if e["status"] != "ok")
+    return "%s — %d director%s on every host%s%s" % (
+        "pass" if storage["passed"] else "FAIL", len(storage["dirs"]), "y" if len(storage["dirs"]) == 1 else "ies",
+        ", at least %s free" % human_bytes(storage["min_free"]) if storage["min_free"] else "",
+        "; %d of %d host/directory checks failed" % (bad, len(pairs)) if bad else "")
+
+
+def storage_markdown(hosts, storage):
+    """The shared-storage table of the Cluster section: one row per host and directory."""
+    out = ["", "Shared storage (the same files seen from every host; never judged by device or inode):", "",
+           "| host | directory | storage | filesystem | source | free | cause |", "|" + "---|" * 7]
+    for entry in storage["dirs"]:
+        path = entry["path"]
+        for host in hosts:
+            one = storage["hosts"].get(host, {}).get(path)
+            if not one:
+                continue
+            shared = "shared" if host in entry["shared_by"] else "-"
+            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                host, path, "pass (%s)" % shared if one["status"] == "ok" else one["status"], _cell(one["fstype"]),
+                _cell(one["source"]), human_bytes(one["free"]) if one["free"] is not None else "-",
+                (one["message"] or "").replace("|", "/") or "-"))
+    extra = [p for p in storage["problems"] if not any(p.startswith(h + ": ") for h in hosts)]
+    if extra:
+        out += [""] + ["- %s" % p for p in extra]
+    return out
 
 
 def junit_xml(run_id, verdict, rows):
     """Testsuite ``lockstep.validate``: per host ``reachable``, each of CHECKS and
-    ``consistency`` (the cross-host comparison); testsuite ``cluster``: per host ``smoke``."""
+    ``consistency`` (the cross-host comparison); testsuite ``cluster``: per host ``smoke`` and,
+    with shared directories, ``shared_storage <dir>`` per directory."""
     root = ET.Element("testsuites", name="lockstep drift %s" % run_id)
     suite = ET.SubElement(root, "testsuite", name="lockstep.validate", id=run_id)
     cluster = ET.SubElement(root, "testsuite", name="cluster", id=run_id)
@@ -173,12 +209,24 @@ def junit_xml(run_id, verdict, rows):
                                                                 (entry or {}).get("message", "no verdict")))
         else:
             case(cluster, host, "smoke")
+        storage_cases(case, cluster, host, verdict.get("storage"))
     for element in (suite, cluster):
         for key, value in counts.get(id(element), {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}).items():
             element.set(key, str(value))
     if hasattr(ET, "indent"):  # Python >= 3.9: readable by people too
         ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def storage_cases(case, suite, host, storage):
+    """Per directory of the shared-storage check, testcase ``shared_storage <dir>`` of the host."""
+    for entry in (storage or {}).get("dirs") or ():
+        one = storage["hosts"].get(host, {}).get(entry["path"])
+        if one is None or one["status"] != "ok":
+            case(suite, host, "shared_storage %s" % entry["path"], "failure", "%s: %s" % (
+                (one or {}).get("status", "not_checked"), (one or {}).get("message") or "no verdict"))
+        else:
+            case(suite, host, "shared_storage %s" % entry["path"])
 
 
 def safe_name(host):
@@ -202,7 +250,8 @@ def cluster_json(verdict):
     launching host saw (every rank's report)."""
     return {"verdict": verdict["cluster"]["verdict"], "failed_hosts": verdict["cluster"]["failed_hosts"],
             "hosts": verdict["hosts"], "gate": verdict["gate"], "smoke": verdict["smoke"],
-            "election": verdict["election"], "launch": verdict["smoke_raw"], "problems": verdict["problems"]}
+            "election": verdict["election"], "launch": verdict["smoke_raw"], "problems": verdict["problems"],
+            "storage": verdict.get("storage")}
 
 
 def _dump(path, payload):

@@ -4,6 +4,9 @@ elects the launching host by plugin_utils.validate.elect, and only that host cos
 import os
 from unittest.mock import MagicMock
 
+import pytest
+from ansible.errors import AnsibleActionFail
+
 from ansible_collections.lockstep.cluster.plugins.action.cluster_smoke import ActionModule, MODULE
 
 ARGS = {"members": ["n1", "n2", "n3"], "venv": "/opt/lockstep/venv"}
@@ -65,3 +68,19 @@ def test_nothing_checked_nothing_launched_and_it_says_why():
     results = [run_on(me, hv) for me in ("n1", "n2", "n3")]
     assert all(not calls and res["skipped"] for res, calls in results)
     assert results[0][0]["msg"] == "no member was checked: nothing to launch on"
+
+
+def test_bad_shared_dirs_fail_on_every_member_before_anyone_launches():
+    hv = hostvars("openmpi", "openmpi", "openmpi")
+    for me in ("n1", "n2", "n3"):
+        with pytest.raises(AnsibleActionFail, match="shared_dirs: data is not an absolute path"):
+            run_on(me, hv, dict(ARGS, shared_dirs=["/mnt/ok", "data"]))
+        with pytest.raises(AnsibleActionFail, match="shared_min_free: 'lots' is not a size"):
+            run_on(me, hv, dict(ARGS, shared_dirs=["/mnt/ok"], shared_min_free="lots"))
+
+
+def test_shared_dirs_reach_the_launching_hosts_module():
+    launched, calls = run_on("n1", hostvars("openmpi", "openmpi", "openmpi"),
+                             dict(ARGS, shared_dirs=["/mnt/data"], shared_min_free="2G"))
+    assert launched["launched"] and calls[0][1]["shared_dirs"] == ["/mnt/data"]
+    assert calls[0][1]["shared_min_free"] == "2G"
