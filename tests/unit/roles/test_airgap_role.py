@@ -255,8 +255,6 @@ def test_index_password_is_never_shown(airgap, mode):
         server.shutdown()
 
 
-
-
 def _cache_entries(cache):
     """Unpacked wheels in uv's cache (what a copy-mode venv does not use)."""
     return os.listdir(cache / "archive-v0") if (cache / "archive-v0").is_dir() else []
