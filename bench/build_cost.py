@@ -33,7 +33,7 @@ for name in [m for m in sys.modules if m.startswith("ansible_collections")]:
     del sys.modules[name]
 sys.path[0] = os.path.join(tree, ".collections")
 from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store  # noqa: E402
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import UvRunner  # noqa: E402
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import UvRunner  # noqa: E402
 
 venv_store.import_errors = lambda *args, **kwargs: {}
 runner = UvRunner(os.environ.get("UV", os.path.join(here, "..", ".venv", "bin", "uv")), cache_dir=cache,

@@ -11,8 +11,8 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import AccessError, ARGUMENT_SPEC, plan_from
 from ansible_collections.lockstep.cluster.plugins.module_utils.probe import CLUSTER_OPTIONS
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe, remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
 
 MODULE = "lockstep.cluster.cluster"
 _INTERNAL = ("stage", "files", "private_key_src", "stale_users")

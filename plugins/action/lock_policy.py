@@ -7,10 +7,14 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import find_lock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, load_lock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, format_violations
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
+    check_policy,
+    find_lock,
+    format_violations,
+    load_lock,
+    LockError,
+    require,
+)
 
 ARGUMENT_SPEC = {
     "lockfile": {"type": "path", "required": True, "aliases": ["path"]},
@@ -53,7 +57,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         try:
-            deps.require()
+            require()
         except RuntimeError as exc:
             raise AnsibleActionFail(str(exc))
         del tmp  # tmp no longer has any effect

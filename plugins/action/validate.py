@@ -12,10 +12,10 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate, validate_report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, read_lock, require
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import ARGUMENT_SPEC as CLUSTER_SPEC
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import cluster as cc
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps, validate, validate_report
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, read_lock
 
 ARGUMENT_SPEC = dict(
     hosts=dict(type="list", elements="str", required=True),
@@ -56,7 +56,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         try:
-            deps.require()
+            require()
         except RuntimeError as exc:
             raise AnsibleActionFail(str(exc))
         del tmp

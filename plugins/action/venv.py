@@ -13,17 +13,9 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv import ARGUMENT_SPEC
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import deps, probe, remote
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import (
-    python_version_reason,
-)
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import (
-    outcome,
-    prepare,
-    sync_lock,
-    WheelhouseError,
-)
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe, remote
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import LockError, python_version_reason, require
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.venv import outcome, prepare, sync_lock, WheelhouseError
 
 MODULE = "lockstep.cluster.venv"
 _INTERNAL = ("stage", "lockfile_sha256", "remote_lockfile", "expected", "wheelhouse_incoming", "wheelhouse_files",
@@ -38,7 +30,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         try:
-            deps.require()
+            require()
         except RuntimeError as exc:
             raise AnsibleActionFail(str(exc))
         del tmp

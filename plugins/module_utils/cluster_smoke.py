@@ -30,8 +30,7 @@ import uuid
 from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import member_file
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import root_env
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import read as read_env_file
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import read_env_file, venv_environment
 
 # Shared by the module (host) and the action plugin (which validates the task's arguments).
 ARGUMENT_SPEC = dict(

@@ -30,8 +30,8 @@ import os
 import stat
 import time
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name, guess_site_packages
 from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs
+from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name, guess_site_packages
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import MANIFEST_SUFFIX
 
 # 2: each entry's owner and group (uid, gid).

@@ -12,11 +12,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
-import re
-
 import hashlib
 import json
+import os
+import re
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -30,7 +29,7 @@ from ansible_collections.lockstep.cluster.plugins.module_utils import (
     uv,
     venv,
 )
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_env import venv_environment
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import venv_environment
 
 # The audit's questions (the validate role's settings); the lock itself stays on the controller.
 VALIDATE_OPTIONS = dict(

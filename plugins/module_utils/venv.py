@@ -21,9 +21,9 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import mpi, distributions, proc
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, mpi, proc
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError, UvRunner
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
 
 # Shared by the module (host) and the action plugin (which validates the task's arguments).

@@ -1,12 +1,13 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A lock-synced venv store behind an atomic ``current`` symlink (stdlib only).
+"""A venv's store (stdlib only): its name and key, its environment file, whether it may be
+trusted, and the store itself behind an atomic ``current`` symlink.
 
 Layout (``store`` and ``path`` are role options)::
 
-    <store>/<stem>-<key12>/      one venv per (lockfile sha256, Python, mpi4py mode, MPI env)
+    <store>/<stem>-<key12>/      one venv per (lockfile sha256, Python, mpi4py mode, MPI env, path)
         lockstep.lock.txt        the exact lockfile it was synced from
-        lockstep.env             KEY=VALUE MPI environment (module_utils.venv_env)
+        lockstep.env             KEY=VALUE MPI environment (read_env_file, render_env_file)
         lockstep.json            metadata of a built and validated venv
     <store>/<stem>-<key12>.manifest.json   every entry of the venv (module_utils.manifest);
                              written LAST, outside the venv = the venv is complete
@@ -20,6 +21,10 @@ then flips ``current``. Anything that fails before the flip leaves ``current`` u
 The lockfile itself is parsed on the controller; here only uv reads it. One store lock is held
 from the plan to the flip and prune (store_fs.store_lock).
 
+``lockstep.env`` is what ``bin/activate`` can export without a shell parser: ``KEY=VALUE``
+lines, ``#`` comments and blank lines; values are literal (no quotes, no ``$VAR`` expansion),
+so the validator, the sync's import check and an activated shell all see the same values.
+
 Bytecode: every module is compiled when the venv is built, and a ``.pth`` that sorts first sets
 ``sys.dont_write_bytecode`` for every run of the venv's Python (root, ``-O``, a benchmark
 without the activate hook): compiled, imports stay fast; guarded, nothing Python does later
@@ -30,33 +35,344 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import glob
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, proc, store_fs, venv_env
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_key import (
-    FORMAT,
-    compute_key,
-    lock_stem,
-    render_uv_config,
-)
-from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import (
-    canonical_name,
-    guess_site_packages,
-)
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_trust import (
-    UNOWNED,
-    group_findings,
-    import_errors,
-    sealed_findings,
-)
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import (
-    SyncError,
-    classify_failure,
-    parse_uv_json,
-)
+from ansible_collections.lockstep.cluster.plugins.module_utils import distributions, manifest, mpi, proc, store_fs
+from ansible_collections.lockstep.cluster.plugins.module_utils.distributions import canonical_name, guess_site_packages
+from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import family
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import classify_failure, parse_uv_json, SyncError
+
+
+ENV_FILE = "lockstep.env"
+HOOK_BEGIN = "# >>> lockstep.cluster: MPI environment >>>"
+HOOK_END = "# <<< lockstep.cluster: MPI environment <<<"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Appended to bin/activate (sh/bash/zsh): export every KEY=VALUE of lockstep.env, and put an
+# RHEL-style MPI_BIN (MPI off PATH there) in front of PATH. `deactivate` does not undo it.
+ACTIVATE_HOOK = r'''
+%(begin)s
+# Exported for a benchmark user: the same variables the validator and site.yml use.
+if [ -r "${VIRTUAL_ENV}/lockstep.env" ]; then
+    while IFS= read -r _lockstep_line || [ -n "${_lockstep_line}" ]; do
+        case "${_lockstep_line}" in
+            ''|'#'*) ;;
+            *=*) export "${_lockstep_line}" ;;
+        esac
+    done < "${VIRTUAL_ENV}/lockstep.env"
+    unset _lockstep_line
+    if [ -n "${MPI_BIN:-}" ]; then
+        PATH="${MPI_BIN}:${PATH}"
+        export PATH
+    fi
+fi
+%(end)s
+''' % {"begin": HOOK_BEGIN, "end": HOOK_END}
+
+
+class EnvFileError(ValueError):
+    """A variable that cannot be written, or a line that cannot be read, with its place."""
+
+
+def render_env_file(env):
+    """``lockstep.env`` text for ``env``: sorted ``KEY=VALUE`` lines."""
+    lines = ["# Written by lockstep.cluster. KEY=VALUE, literal values; read by bin/activate and the validator."]
+    for key in sorted(env):
+        value = "" if env[key] is None else str(env[key])
+        if not _NAME.match(str(key)):
+            raise EnvFileError("invalid environment variable name %r for %s" % (key, ENV_FILE))
+        if "\n" in value or "\r" in value:
+            raise EnvFileError("the value of %s contains a line break" % key)
+        lines.append("%s=%s" % (key, value))
+    return "\n".join(lines) + "\n"
+
+
+def parse_env_file(text, origin=ENV_FILE):
+    """The variables of an environment file; a line that is not ``KEY=VALUE`` is an error."""
+    env = {}
+    # Lines end at "\n" only, as for the shell's `read` (str.splitlines also splits at \f, \x1c...).
+    for number, raw in enumerate((text or "").split("\n"), start=1):
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        key, sep, value = raw.partition("=")
+        if not sep or not _NAME.match(key):
+            raise EnvFileError("%s:%d: not a KEY=VALUE line: %r" % (origin, number, raw[:80]))
+        env[key] = value
+    return env
+
+
+def read_env_file(path):
+    """``parse_env_file`` of the file at ``path``; {} when there is none (IOError for other failures)."""
+    try:
+        with open(path) as handle:
+            return parse_env_file(handle.read(), path)
+    except (IOError, OSError):
+        if not os.path.exists(path):
+            return {}
+        raise
+
+
+def install_activate_hook(venv):
+    """Append the hook to ``bin/activate`` once. True when it was added."""
+    activate = os.path.join(venv, "bin", "activate")
+    if not os.path.isfile(activate):
+        return False
+    with open(activate) as handle:
+        if HOOK_BEGIN in handle.read():
+            return False
+    with open(activate, "a") as handle:
+        handle.write(ACTIVATE_HOOK)
+    return True
+
+
+def venv_environment(venv, base, env_file=None, extra=None):
+    """The environment a job in the activated venv sees: ``base``, then VIRTUAL_ENV/PATH as
+    ``activate`` sets them, then the env file (``<venv>/lockstep.env`` when present), then
+    ``extra``. Returns ``(env, env_file_used)``; a named env_file that is missing raises IOError.
+    """
+    env = dict(base)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = venv
+    env["PATH"] = os.pathsep.join([os.path.join(venv, "bin")] + [p for p in [env.get("PATH")] if p])
+    if env_file is None:
+        default = os.path.join(venv, ENV_FILE)
+        env_file = default if os.path.isfile(default) else None
+    if env_file is not None:
+        with open(env_file) as handle:
+            env.update(parse_env_file(handle.read(), env_file))
+        if env.get("MPI_BIN"):
+            env["PATH"] = env["MPI_BIN"] + os.pathsep + env["PATH"]
+    for key, value in (extra or {}).items():
+        env[str(key)] = "" if value is None else str(value)
+    return env, env_file
+
+
+# Bumped when the layout or the key recipe changes, so old venvs are rebuilt, not reused.
+# 2: the manifest in the store, compiled bytecode and the no-bytecode guard.
+# 3: keyed by venv_path too; manifest format 2 (owners, portable hashes); reproducible bytecode.
+FORMAT = 3
+
+
+def lock_stem(lockfile_name):
+    """``lockfiles/smoke-cpu.txt`` -> ``smoke-cpu`` (safe for a directory name)."""
+    base = os.path.basename(lockfile_name or "lock")
+    for suffix in (".txt", ".toml", ".lock", ".in"):
+        if base.endswith(suffix):
+            base = base[:-len(suffix)]
+            break
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "lock"
+    return base[:48]
+
+
+def compute_key(lockfile_sha256, python_path, python_version, mpi4py_mode="binary", build_variables=None,
+                no_binary=None, env=None, venv_path=None):
+    """The identity of a venv: everything that changes what is in it or how it must run, and
+    the ``venv_path`` it is built for: two paths synced from one lock in one store get two
+    directories, so neither flips, prunes nor repairs the other's venv.
+
+    The Python patch level is left out on purpose: a distro point release updates the
+    interpreter under the venv in place and must not force a rebuild.
+    """
+    recipe = {
+        "format": FORMAT,
+        "lock": lockfile_sha256,
+        "python": [python_path, ".".join(str(python_version).split(".")[:2])],
+        "mpi4py": mpi4py_mode,
+        "build_variables": build_variables or {},
+        "no_binary": sorted(no_binary or []),
+        "env": env or {},
+        "venv_path": venv_path,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _toml_string(value):
+    return '"%s"' % str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render_uv_config(build_variables):
+    """uv.toml with ``extra-build-variables``: uv keys its build cache on them, so an sdist
+    built against one MPI is never reused for another (plain env vars are not keyed)."""
+    if not build_variables:
+        return None
+    parts = []
+    for package in sorted(build_variables):
+        inner = ", ".join("%s = %s" % (var, _toml_string(val)) for var, val in sorted(build_variables[package].items()))
+        parts.append("%s = { %s }" % (_toml_string(package), inner))
+    return "[pip]\nextra-build-variables = { %s }\n" % ", ".join(parts)
+
+
+# Findings that are not in any package's RECORD are grouped under this name.
+UNOWNED = "(venv)"
+
+# Run by a venv's interpreter before it goes live (and before a rollback to it). mpi4py is
+# loaded without MPI_Init: enough to catch a libmpi the wheel cannot load.
+VALIDATE_SCRIPT = r'''
+import importlib, json, sys
+out = {"python": sys.version.split()[0], "prefix": sys.prefix, "imports": {}}
+for name in sys.argv[1:]:
+    try:
+        if name.split(".")[0] == "mpi4py":
+            import mpi4py
+            mpi4py.rc.initialize = mpi4py.rc.finalize = False
+            from mpi4py import MPI
+            out["imports"][name] = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
+        else:
+            module = importlib.import_module(name)
+            out["imports"][name] = getattr(module, "__version__", "ok")
+    except BaseException as exc:
+        out["imports"][name] = None
+        out.setdefault("errors", {})[name] = "%s: %s" % (type(exc).__name__, exc)
+print("LOCKSTEP-VALIDATE " + json.dumps(out))
+'''
+
+
+def import_errors(run, venv, imports, base_env):
+    """``{module: error}`` for the ``imports`` that fail in ``venv`` with its environment
+    (mpi4py without MPI_Init); {} when all load. ``run(argv, env)`` runs a command."""
+    if not imports:
+        return {}
+    env, _env_file = venv_environment(venv, base_env)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    result = run([os.path.join(venv, "bin", "python"), "-c", VALIDATE_SCRIPT] + list(imports), env)
+    report = None
+    for line in (result.out or "").splitlines():
+        if line.startswith("LOCKSTEP-VALIDATE "):
+            report = json.loads(line[len("LOCKSTEP-VALIDATE "):])
+    if result.rc != 0 or report is None or report.get("errors"):
+        return (report or {}).get("errors") or {"python": (result.err or result.out or "").strip()[-800:]}
+    return {}
+
+
+def sealed_findings(venv, rehash_all=False):
+    """The venv against its manifest: findings (``[]`` = exactly as sealed); a manifest that
+    cannot be used is one finding naming it, and so is a venv or manifest that is not root's
+    or that others can write (store_fs.venv_problems)."""
+    unsafe = store_fs.venv_problems(venv)
+    if unsafe:
+        return [{"path": p["path"], "reason": "not trusted: %s" % p["reason"]} for p in unsafe]
+    try:
+        data = manifest.load(manifest.location(venv))
+    except manifest.ManifestError as exc:
+        return [{"path": os.path.basename(manifest.location(venv)), "reason": str(exc)}]
+    return manifest.verify(os.path.realpath(venv), data, rehash_all)["findings"]
+
+
+def group_findings(venv, findings):
+    """Manifest findings as uv-style ``tampered`` changes, one per owning distribution:
+    ``{name, version, action, files, findings}``; files of no package under UNOWNED."""
+    venv = os.path.realpath(venv)
+    sites = distributions.guess_site_packages(venv)
+    manifest.attribute(findings, venv, sites)
+    versions = {}
+    for site in sites:
+        for path in glob.glob(os.path.join(site, "*.dist-info")):
+            name, version = manifest.dist_of(path)
+            versions[distributions.canonical_name(name)] = version
+    groups = {}
+    for finding in findings:
+        owner = finding.get("owner")
+        key = (owner, versions.get(owner, "")) if owner else (UNOWNED, "")
+        entry = dict((k, v) for k, v in finding.items() if k not in ("owner", "record_path"))
+        if owner and finding.get("record_path"):
+            entry["path"] = finding["record_path"]
+        groups.setdefault(key, []).append(entry)
+    return [{"name": name, "version": version, "action": "tampered", "files": [f["path"] for f in items],
+             "findings": items} for (name, version), items in sorted(groups.items())]
+
+
+def describe_findings(findings, limit=10):
+    text = ", ".join("%s (%s)" % (f["path"], f["reason"]) for f in findings[:limit])
+    return text + (" and %d more" % (len(findings) - limit) if len(findings) > limit else "")
+
+
+def mpi_reasons(venv, base_env, timeout):
+    """Why ``venv``'s mpi4py does not fit the host's MPI as it is now ([] when it does, or
+    when the venv has no mpi4py): the launcher on PATH, the libmpi mpi4py loads and the
+    flavor the venv was built for (its lockstep.env) must agree."""
+    sites = distributions.guess_site_packages(venv)
+    if not any(glob.glob(os.path.join(site, "mpi4py-*.dist-info")) for site in sites):
+        return []
+    env, _env_file = venv_environment(venv, base_env)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    python = os.path.join(venv, "bin", "python")
+    py_facts, raw, error = mpi.probe(python, env, timeout, with_mpi=True)
+    if not py_facts:
+        return ["its Python does not run: %s" % error]
+    params = {"launcher": None, "timeout": timeout, "smoke_test": False}
+    facts = mpi.mpi_facts(raw or {"error": error}, [venv], [], env, python, params)
+    reasons = []
+    built_for = env.get("LOCKSTEP_MPI_FLAVOR")
+    launcher = facts["launcher"]
+    if not launcher.get("path"):
+        reasons.append("no MPI launcher (mpiexec/mpirun) on the host's PATH to run it with")
+    elif built_for and launcher.get("flavor") and family(built_for) != family(launcher["flavor"]):
+        reasons.append("it was built for %s but the host's launcher %s is now %s (MPI flavor switched since)"
+                       % (built_for, launcher["path"], launcher["flavor"]))
+    if facts["verdict"] != "compatible":
+        reasons.extend("mpi: %s" % r for r in facts["reasons"] if r not in reasons)
+    return reasons
+
+
+def verify_target(venv, base_env, timeout=60):
+    """Everything that must hold before ``venv`` may go live again ([] when it may)."""
+    meta = store_fs.read_meta(venv)
+    if not store_fs.is_venv(venv) or meta is None:
+        return ["it is missing or incomplete (no pyvenv.cfg or lockstep.json)"]
+    findings = sealed_findings(venv)
+    if findings:
+        return ["it differs from its manifest: %s" % describe_findings(findings)]
+    reasons = []
+    imports = [i for i in meta.get("validate_imports") or [] if i.split(".")[0] != "mpi4py"]
+    errors = import_errors(lambda argv, env: proc.run(argv, env, timeout), venv, imports, base_env)
+    reasons.extend("import %s fails: %s" % item for item in sorted(errors.items()))
+    return reasons + mpi_reasons(venv, base_env, timeout)
+
+
+def rollback(path, previous_link=None, check_mode=False, lock_timeout=600, timeout=60, base_env=None):
+    """Swap ``current`` and ``previous`` once the previous venv is verified (manifest,
+    imports, MPI as the host is now). Returns (old_current, new_current). Raises SyncError."""
+    path = path.rstrip("/") or path
+    previous_link = previous_link or path + ".previous"
+    base_env = dict(os.environ if base_env is None else base_env)
+    state, current = store_fs.inspect_path(path)
+    if state not in ("link", "dangling"):
+        raise SyncError("venv_path %s is not a lockstep venv symlink (%s): nothing to roll back" % (path, state),
+                        "rollback")
+    if not os.path.islink(previous_link):
+        raise SyncError("no previous venv recorded at %s: nothing to roll back to" % previous_link, "rollback")
+    target = os.path.realpath(previous_link)
+
+    def checked():
+        reasons = verify_target(target, base_env, timeout)
+        if reasons:
+            raise SyncError("refusing to roll back %s to %s: %s; %s is left as it is (re-run site.yml to build a "
+                            "venv for this host)" % (path, target, "; ".join(reasons), path), "rollback")
+
+    if check_mode:
+        checked()
+        return current, target
+    try:
+        with store_fs.store_lock(os.path.dirname(target), lock_timeout, "rollback %s to %s" % (path, target)):
+            if os.path.realpath(previous_link) != target or os.path.realpath(path) != current:
+                raise SyncError("%s or %s changed while the rollback waited for the store lock: run it again"
+                                % (path, previous_link), "rollback")
+            checked()
+            store_fs.flip_link(path, target)
+            if current and os.path.isdir(current):
+                store_fs.flip_link(previous_link, current)
+    except store_fs.LockTimeout as exc:
+        raise SyncError(str(exc), "locked")
+    except store_fs.UnsafeStore as exc:
+        raise SyncError(str(exc), "unsafe-store")
+    return current, target
+
 
 LOCKFILE_COPY = "lockstep.lock.txt"
 UV_CONFIG_FILE = "lockstep.uv.toml"
@@ -233,7 +549,7 @@ class VenvStore(object):
         if not venv:
             return {}
         try:
-            return venv_env.read(os.path.join(venv, venv_env.ENV_FILE))
+            return read_env_file(os.path.join(venv, ENV_FILE))
         except (IOError, OSError, ValueError):
             return {}
 
@@ -441,10 +757,10 @@ class VenvStore(object):
                                              self.python_version, self.uv.timeout)
             raise SyncError(message, kind, result.err)
         try:
-            store_fs.write_atomic(os.path.join(target, venv_env.ENV_FILE), venv_env.render(self.env))
+            store_fs.write_atomic(os.path.join(target, ENV_FILE), render_env_file(self.env))
         except ValueError as exc:
             raise SyncError(str(exc), "input")
-        venv_env.install_activate_hook(target)
+        install_activate_hook(target)
         self._compile(target)
         self.validate(target)
         return report.get("changes") or []

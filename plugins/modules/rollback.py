@@ -2,7 +2,7 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Flip a lockstep venv symlink back to the previous venv (module_utils/venv_trust.py)."""
+"""Flip a lockstep venv symlink back to the previous venv (module_utils/venv_store.py)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -73,8 +73,8 @@ previous:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_trust import rollback
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import rollback
 
 
 def main():

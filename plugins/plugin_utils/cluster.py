@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
 
-import hashlib
-import json
-
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import KEY_NAME, SSH_DIR, layout, member_file
+from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import KEY_NAME, layout, member_file, SSH_DIR
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import OMPI_ROOT_ENV
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import (
     describe_problems,

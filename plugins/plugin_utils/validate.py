@@ -22,13 +22,14 @@ from collections import Counter
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster import AccessError, plan_from
 from ansible_collections.lockstep.cluster.plugins.module_utils.mpi import family, parse_library_version
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
     canonicalize_name,
+    gpu_reason,
     InvalidVersion,
+    python_version_reason,
     SpecifierSet,
     Version,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import gpu_reason, python_version_reason
 
 
 CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke", "cluster_files")

@@ -43,19 +43,22 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.store_fs import sha256_file
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import local_version_pins
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import local_version_pins
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import remote
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.deps import (
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
     canonicalize_name,
+    check_policy,
     compatible_tags,
     cpython_tags,
+    format_violations,
     generic_tags,
+    load_lock,
     Pylock,
     PylockSelectError,
     PylockValidationError,
+    read_lock,
+    render_requirements,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock, read_lock, render_requirements
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, format_violations
 
 
 _PASSED = ("action", "venv", "previous", "key", "drift", "python", "commands", "built", "pruned", "sync_changes",

@@ -132,7 +132,7 @@ def make_store(house, text, uv=UV, name="tests.txt", env=None, offline=True, fin
     """A VenvStore under ``house["tmp"]/opt`` (``path`` and ``store`` elsewhere) for the lock
     ``text`` (written beside it), run with the real uv against the wheelhouse, offline."""
     from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store
-    from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import UvRunner
+    from ansible_collections.lockstep.cluster.plugins.module_utils.uv import UvRunner
 
     runner_args = dict(offline=offline, cache_dir=str(house["tmp"] / "cache"),
                        find_links=[house["dir"]] if find_links else [])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, ansible_env
+from helpers import ansible_env, REPO
 
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 WANTED = "{{ {'lock': venv_lockfile | basename, 'wheelhouse': venv_wheelhouse_dir, " \

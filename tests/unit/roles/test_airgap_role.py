@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import BASE_PYTHON, HEADER, UV, lock_text, make_wheel, play_role, task_results
+from helpers import BASE_PYTHON, HEADER, lock_text, make_wheel, play_role, task_results, UV
 
 SECRET = "s3cr3t-Pa55-%d" % os.getpid()
 

@@ -5,10 +5,9 @@ import os
 
 import pytest
 import yaml
+from _role_vars import render, ROLES
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import cluster, mpi, uv, venv
-
-from _role_vars import ROLES, render
 
 ROLE_NAMES = ("uv", "mpi", "venv", "cluster", "validate")
 

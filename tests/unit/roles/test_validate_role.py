@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
+from _role_vars import render, ROLES
 
-from _role_vars import ROLES, render
-from helpers import ANSIBLE_PLAYBOOK, REPO, ansible_env, lock_of, make_store, sync, wheelhouse
+from helpers import ansible_env, ANSIBLE_PLAYBOOK, lock_of, make_store, REPO, sync, wheelhouse
 
 
 def uv_pin():

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from helpers import BASE_PYTHON, HEADER, REPO, UV, lock_text, make_wheel, play_role, snapshot, task_results
+from helpers import BASE_PYTHON, HEADER, lock_text, make_wheel, play_role, REPO, snapshot, task_results, UV
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import os
 from unittest.mock import MagicMock
 
 import pytest
+
 from ansible.errors import AnsibleActionFail
 
 from ansible_collections.lockstep.cluster.plugins.action.cluster_smoke import ActionModule, MODULE

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
+from plugins.module_utils.test_cluster_smoke import fake_cluster
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import cluster_smoke as cs
-from plugins.module_utils.test_cluster_smoke import fake_cluster
 
 TOKEN = "lockstep-smoke-0123456789abcdef"
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, store_fs, venv_trust
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
+from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, store_fs, venv_store
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError
 
 from helpers import (
     FAKE_INIT,
@@ -152,7 +152,7 @@ def test_two_runs_with_two_locks_at_once(house, tmp_path):
     assert {current, previous} == {first.target, second.target}
     assert current == second.target  # the second waited, re-planned and built after the first
     assert installed(first.target) == {"alpha": "1.0"} and installed(second.target) == {"alpha": "2.0"}
-    assert not venv_trust.sealed_findings(first.target) and not venv_trust.sealed_findings(second.target)
+    assert not venv_store.sealed_findings(first.target) and not venv_store.sealed_findings(second.target)
 
 
 def test_two_runs_with_the_same_lock_at_once(house, tmp_path):
@@ -213,7 +213,7 @@ def test_repair_keeps_the_clean_previous_and_rollback_goes_there(house):
     assert repaired["drift"] and repaired["previous_kept"] == clean.target
     assert os.path.realpath(current.path + ".previous") == clean.target
     assert current.target in repaired["pruned"]  # keep=2: the fresh one and the clean one
-    old, new = venv_trust.rollback(current.path)
+    old, new = venv_store.rollback(current.path)
     assert new == clean.target and installed(current.path) == {"alpha": "1.0"}
 
 
@@ -226,7 +226,7 @@ def test_rollback_refuses_a_tampered_previous_in_check_mode_too(house):
     before = snapshot(later.path)
     for check_mode in (True, False):
         with pytest.raises(SyncError) as err:
-            venv_trust.rollback(later.path, check_mode=check_mode)
+            venv_store.rollback(later.path, check_mode=check_mode)
         assert err.value.kind == "rollback"
         assert "refusing to roll back %s to %s: it differs from its manifest: %s (new)" % (
             later.path, clean.target, rel) in err.value.message
@@ -241,7 +241,7 @@ def test_rollback_refuses_a_previous_without_its_manifest(house):
     os.unlink(manifest.location(clean.target))
     before = snapshot(later.path)
     with pytest.raises(SyncError) as err:
-        venv_trust.rollback(later.path)
+        venv_store.rollback(later.path)
     assert "no manifest at %s" % manifest.location(clean.target) in err.value.message
     assert snapshot(later.path) == before
 
@@ -259,7 +259,7 @@ def test_rollback_refuses_when_an_import_fails_on_the_host_now(house, tmp_path):
     sync(make_store(house, lock_of(house, ("alpha", "1.0"))))
     needed.unlink()
     with pytest.raises(SyncError) as err:
-        venv_trust.rollback(first.path)
+        venv_store.rollback(first.path)
     assert "import hostdep fails: AssertionError: host file gone" in err.value.message
 
 
@@ -271,7 +271,7 @@ def test_a_lock_timeout_on_rollback_names_the_holder(house):
     holder = hold_lock(later.store, 60)
     try:
         with pytest.raises(SyncError) as err:
-            venv_trust.rollback(later.path, lock_timeout=1)
+            venv_store.rollback(later.path, lock_timeout=1)
     finally:
         holder.kill()
         holder.wait()
@@ -287,7 +287,7 @@ def test_flip_back_to_a_kept_venv_that_was_tampered_builds_fresh(house):
     plan = first.plan()
     assert plan["action"] == "build"  # not "flip" to the kept, tampered venv
     sync(first)
-    assert not venv_trust.sealed_findings(first.path)
+    assert not venv_store.sealed_findings(first.path)
 
 
 def _launcher(directory, text):
@@ -319,10 +319,10 @@ def test_rollback_checks_the_previous_venv_mpi_against_the_host_now(house, tmp_p
     env = {"PATH": bindir}  # nothing else: a host MPI must not answer for the fakes
     before = snapshot(later.path)
     if not refused:
-        assert venv_trust.rollback(later.path, base_env=env)[1] == built_for.target
+        assert venv_store.rollback(later.path, base_env=env)[1] == built_for.target
         return
     with pytest.raises(SyncError) as err:
-        venv_trust.rollback(later.path, base_env=env)
+        venv_store.rollback(later.path, base_env=env)
     assert snapshot(later.path) == before
     if launcher == "mpich":
         assert "it was built for openmpi but the host's launcher %s/mpiexec is now mpich (MPI flavor switched " \

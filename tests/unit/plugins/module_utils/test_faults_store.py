@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, probe, store_fs, venv_trust
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
+from ansible_collections.lockstep.cluster.plugins.module_utils import manifest, probe, store_fs, venv_store
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import evaluate
 
@@ -95,7 +95,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(house, tmp_pa
     os.symlink(str(victim), lock)
     before = snapshot(live.path)
     with pytest.raises(SyncError) as err:
-        sync(make_store(house, lock_of(house, ("beta", "1.0")))) if run == "sync" else venv_trust.rollback(live.path)
+        sync(make_store(house, lock_of(house, ("beta", "1.0")))) if run == "sync" else venv_store.rollback(live.path)
     assert err.value.kind == "unsafe-store"
     assert "refusing the lock file %s: it is a symlink (to %s); remove it" % (lock, victim) in err.value.message
     assert victim.read_text() == "do not truncate\n" and os.readlink(lock) == str(victim)
@@ -191,7 +191,7 @@ def test_a_store_others_can_write_is_repaired_and_what_they_could_write_is_not_t
                                "manifests in it that are not root's are not trusted" % live.store]
     assert plan["action"] == "build" and plan["drift"]
     assert ("%s (not trusted: writable by others (mode 0666))" % manifest.location(real)) in \
-        venv_trust.describe_findings(plan["changes"][0]["findings"])
+        venv_store.describe_findings(plan["changes"][0]["findings"])
     applied = sync(live)
     assert stat_mode(live.store) == 0o755
     assert applied["repairs"][0].startswith("the venv store %s was writable by others (mode 0777): made it 0755"
@@ -218,7 +218,7 @@ def test_a_store_under_a_directory_others_can_write(house, mode, refused):
         if not refused:  # sticky: others cannot rename what root owns in it
             assert sync(other)["built"]
             return
-        for attempt in (other.plan, lambda: sync(other), lambda: venv_trust.rollback(live.path)):
+        for attempt in (other.plan, lambda: sync(other), lambda: venv_store.rollback(live.path)):
             with pytest.raises(SyncError) as err:
                 attempt()
             assert err.value.kind == "unsafe-store"
@@ -243,7 +243,7 @@ def test_two_venv_paths_synced_from_one_lock_never_share_nor_prune_each_other(ho
         applied = sync(make_store(house, lock_of(house, *pins), keep=1))
     assert one.target in applied["pruned"]
     assert snapshot(two.path) == before and installed(two.path) == {"alpha": "1.0"}
-    assert not venv_trust.sealed_findings(two.path)
+    assert not venv_store.sealed_findings(two.path)
 
 
 def test_a_directory_two_paths_shared_under_the_old_layout_is_not_pruned(house):
@@ -505,7 +505,7 @@ def test_a_module_killed_mid_build_takes_uv_along_and_the_next_run_is_clean(hous
     again = make_store(house, lock_of(house, ("alpha", "2.0")))
     assert sync(again)["built"] and installed(again.path) == {"alpha": "2.0"}
     assert not [n for n in os.listdir(again.store) if n.endswith(store_fs.BUILDING_SUFFIX)]
-    assert not venv_trust.sealed_findings(again.path)
+    assert not venv_store.sealed_findings(again.path)
 
 
 def test_a_hung_uv_is_reported_as_timed_out_and_leaves_nothing(house, tmp_path):

@@ -1,10 +1,10 @@
 """roles/venv's engine on the host: plugins/module_utils/venv_store.py (and store_fs).
 
-The store tests run the real uv against a local wheelhouse of tiny hand-made wheels
-(offline, seconds): first sync, no-op, new lock, rollback, and every failure that must leave
-``current`` exactly as it was (bad hash, uv killed mid-sync, failed validation, offline with a
-cold cache, no network, a Python too old, a path that is not a venv).
-"""
+A venv's stem, key recipe and uv.toml; ``lockstep.env``, its one writer and one reader; and the
+store, run with the real uv against a local wheelhouse of tiny hand-made wheels (offline,
+seconds): first sync, no-op, new lock, rollback, and every failure that must leave ``current``
+exactly as it was (bad hash, uv killed mid-sync, failed validation, offline with a cold cache,
+no network, a Python too old, a path that is not a venv)."""
 
 import glob
 import json
@@ -14,10 +14,11 @@ import subprocess
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_env, venv_trust
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError
-from ansible_collections.lockstep.cluster.plugins.module_utils import venv_store as m
+from ansible_collections.lockstep.cluster.plugins.module_utils import store_fs, venv_store
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError
 
 from helpers import installed, lock_of, lock_text, make_store, snapshot, sync, UV, wheelhouse
 
@@ -85,7 +86,7 @@ def test_prune_keeps_protected_and_newest(tmp_path):
 
 def test_rollback_requires_a_previous(tmp_path):
     with pytest.raises(SyncError) as err:
-        venv_trust.rollback(str(tmp_path / "venv"))
+        venv_store.rollback(str(tmp_path / "venv"))
     assert "nothing to roll back" in err.value.message
 
 
@@ -99,9 +100,9 @@ def test_first_sync_noop_new_lock_and_rollback(house):
     assert os.path.islink(current) and os.path.realpath(current) == first.target
     assert installed(current) == {"alpha": "1.0", "beta": "1.0"}
     venv = os.path.realpath(current)
-    assert venv_env.parse(open(os.path.join(venv, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
-    assert venv_env.HOOK_BEGIN in open(os.path.join(venv, "bin", "activate")).read()
-    assert open(os.path.join(venv, m.LOCKFILE_COPY)).read() == first.lock_text
+    assert venv_store.parse_env_file(open(os.path.join(venv, venv_store.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
+    assert venv_store.HOOK_BEGIN in open(os.path.join(venv, "bin", "activate")).read()
+    assert open(os.path.join(venv, venv_store.LOCKFILE_COPY)).read() == first.lock_text
     assert store_fs.read_meta(venv)["key"] == first.key
 
     # The activate hook exports lockstep.env.
@@ -123,7 +124,7 @@ def test_first_sync_noop_new_lock_and_rollback(house):
     assert installed(venv) == {"alpha": "1.0", "beta": "1.0"}  # the old venv was not touched
 
     # Rollback swaps current and previous; re-applying the first lock is then a no-op.
-    old, new = venv_trust.rollback(current)
+    old, new = venv_store.rollback(current)
     assert (old, new) == (second.target, venv)
     assert os.path.realpath(current) == venv and os.path.realpath(current + ".previous") == second.target
     assert make_store(house, first.lock_text, env={"MPI4PY_MPIABI": "openmpi"}).plan()["action"] == "none"
@@ -145,8 +146,8 @@ def test_env_change_builds_a_new_venv(house):
     assert described["before_env"] == {"MPI4PY_MPIABI": "openmpi"}
     assert described["after_env"] == {"MPI4PY_MPIABI": "mpich"}
     sync(switched)
-    assert venv_env.parse(open(os.path.join(first.path, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "mpich"}
-    assert venv_env.parse(open(os.path.join(first.target, venv_env.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
+    assert venv_store.parse_env_file(open(os.path.join(first.path, venv_store.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "mpich"}
+    assert venv_store.parse_env_file(open(os.path.join(first.target, venv_store.ENV_FILE)).read()) == {"MPI4PY_MPIABI": "openmpi"}
 
 
 def test_plan_and_describe_change_nothing(house):
@@ -301,7 +302,7 @@ def test_lockfile_on_the_host_must_be_the_controllers(house, tmp_path):
 def test_edited_lockfile_copy_in_the_live_venv_means_rebuild(house):
     store = make_store(house, lock_of(house, ("alpha", "1.0")))
     sync(store)
-    with open(os.path.join(store.target, m.LOCKFILE_COPY), "a") as handle:
+    with open(os.path.join(store.target, venv_store.LOCKFILE_COPY), "a") as handle:
         handle.write("# edited\n")
     assert store.plan()["action"] == "build"
 
@@ -358,7 +359,7 @@ def test_local_version_pin_names_the_variables_that_give_hosts_its_file(house, s
 
 
 def test_local_version_pins_only_for_local_labels():
-    from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import local_version_pins
+    from ansible_collections.lockstep.cluster.plugins.module_utils.uv import local_version_pins
 
     assert local_version_pins("Because there is no version of torch==2.13.0+cpu and you require "
                               "torch==2.13.0+cpu, we can conclude") == ["torch==2.13.0+cpu"]
@@ -409,3 +410,107 @@ def test_link_mode_decides_whether_the_venv_shares_inodes_with_the_cache(house, 
              if "alpha" in os.path.relpath(os.path.join(root, n), site) and n.endswith(".py")]
     assert files
     assert all((os.stat(f).st_nlink > 1) is shared for f in files)
+
+
+def test_lock_stem():
+    assert venv_store.lock_stem("lockfiles/smoke-cpu.txt") == "smoke-cpu"
+    assert venv_store.lock_stem("/x/mlperf storage.lock") == "mlperf-storage"
+    assert venv_store.lock_stem("pylock.smoke.toml") == "pylock.smoke"
+    assert venv_store.lock_stem("") == "lock"
+
+
+def test_key_changes_with_inputs_but_not_python_patch():
+    base = dict(lockfile_sha256="a" * 64, python_path="/usr/bin/python3", python_version="3.11.2")
+
+    def variant(**changes):
+        args = dict(base)
+        args.update(changes)
+        return venv_store.compute_key(**args)
+
+    key = venv_store.compute_key(**base)
+    assert key == variant(python_version="3.11.9")
+    assert key != variant(python_version="3.12.1")
+    assert key != variant(lockfile_sha256="b" * 64)
+    assert key != venv_store.compute_key(env={"MPI4PY_MPIABI": "mpich"}, **base)
+    assert key != venv_store.compute_key(mpi4py_mode="source", **base)
+    assert venv_store.compute_key(venv_path="/opt/a", **base) != venv_store.compute_key(venv_path="/opt/b", **base)
+    assert key != venv_store.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
+    one = venv_store.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich"}}, **base)
+    two = venv_store.compute_key(build_variables={"mpi4py": {"MPICC": "/usr/bin/mpicc.openmpi"}}, **base)
+    assert one != two
+
+
+def test_uv_config_for_build_variables():
+    assert venv_store.render_uv_config({}) is None
+    text = venv_store.render_uv_config({"mpi4py": {"MPICC": "/usr/bin/mpicc.mpich", "LOCKSTEP_MPI": "mpich-4.0.2"}})
+    assert text == ('[pip]\nextra-build-variables = { "mpi4py" = { LOCKSTEP_MPI = "mpich-4.0.2", '
+                    'MPICC = "/usr/bin/mpicc.mpich" } }\n')
+
+
+def test_render_is_sorted_literal_lines_and_parse_reads_it_back():
+    env = {"MPI4PY_MPIABI": "mpich", "A_PATH": "/usr/lib/x86_64-linux-gnu/libmpi.so.12", "EMPTY": None}
+    text = venv_store.render_env_file(env)
+    body = [line for line in text.splitlines() if not line.startswith("#")]
+    assert body == ["A_PATH=/usr/lib/x86_64-linux-gnu/libmpi.so.12", "EMPTY=", "MPI4PY_MPIABI=mpich"]
+    assert venv_store.parse_env_file(text) == {"A_PATH": "/usr/lib/x86_64-linux-gnu/libmpi.so.12", "EMPTY": "",
+                                    "MPI4PY_MPIABI": "mpich"}
+
+
+@pytest.mark.parametrize("env", [{"BAD-NAME": "x"}, {"OK": "two\nlines"}, {"OK": "cr\rhere"}, {"1X": "y"}])
+def test_render_refuses_what_activate_could_not_export(env):
+    with pytest.raises(venv_store.EnvFileError):
+        venv_store.render_env_file(env)
+
+
+@pytest.mark.parametrize("line", ["export A=1", "not a line", "A B=1", "=x"])
+def test_parse_names_the_bad_line(line):
+    with pytest.raises(venv_store.EnvFileError) as err:
+        venv_store.parse_env_file("# ok\nGOOD=1\n" + line + "\n", "/v/lockstep.env")
+    assert "/v/lockstep.env:3" in str(err.value)
+
+
+def test_values_are_literal_for_the_reader_and_for_an_activated_shell(tmp_path):
+    """The validator and `. bin/activate` must agree on a value with $, quotes and spaces."""
+    values = {"DOLLAR": "$HOME/x", "QUOTED": "'1'", "SPACES": "a b  c", "BRACES": "${UNSET:-d}"}
+    venv = tmp_path / "v"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text('VIRTUAL_ENV="%s"\n' % venv)
+    (venv / venv_store.ENV_FILE).write_text(venv_store.render_env_file(values))
+    assert venv_store.install_activate_hook(str(venv)) is True
+    assert venv_store.install_activate_hook(str(venv)) is False  # once
+    script = ". %s/bin/activate && " % venv + " && ".join('printf "%%s\\n" "$%s"' % k for k in sorted(values))
+    shell = subprocess.check_output(["bash", "-c", script], universal_newlines=True,
+                                    env={"PATH": os.environ["PATH"], "HOME": "/root"}).splitlines()
+    reader, _used = venv_store.venv_environment(str(venv), {"PATH": "/usr/bin", "HOME": "/root"})
+    assert shell == [values[k] for k in sorted(values)]
+    assert [reader[k] for k in sorted(values)] == shell
+
+
+def test_venv_environment_layers(tmp_path):
+    (tmp_path / "lockstep.env").write_text("A=from-file\nB=from-file\nMPI_BIN=/usr/lib64/mpich/bin\n")
+    env, used = venv_store.venv_environment(
+        str(tmp_path), {"PATH": "/usr/bin", "PYTHONHOME": "/bad", "A": "base"}, None, {"B": "extra"})
+    assert used == str(tmp_path / "lockstep.env")
+    assert (env["A"], env["B"]) == ("from-file", "extra")
+    # Like the activate hook: MPI_BIN first, then the venv's bin.
+    assert env["PATH"] == "/usr/lib64/mpich/bin:%s/bin:/usr/bin" % tmp_path
+    assert env["VIRTUAL_ENV"] == str(tmp_path) and "PYTHONHOME" not in env
+    (tmp_path / "lockstep.env").unlink()
+    assert venv_store.venv_environment(str(tmp_path), {}, None, None)[1] is None
+    with pytest.raises(IOError):
+        venv_store.venv_environment(str(tmp_path), {}, str(tmp_path / "missing.env"))
+
+
+def test_read_of_a_missing_file_is_empty(tmp_path):
+    assert venv_store.read_env_file(str(tmp_path / "none")) == {}
+
+
+_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+_VALUES = st.text(alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), max_size=20)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(_NAMES, _VALUES, max_size=6))
+def test_round_trip(values):
+    """Whatever the writer accepts reads back exactly."""
+    assert venv_store.parse_env_file(venv_store.render_env_file(values)) == values

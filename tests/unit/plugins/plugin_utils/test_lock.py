@@ -1,11 +1,13 @@
 """plugins/plugin_utils/lock.py: the requirements-lock parser (round trips, fuzzing, every
-malformed line named), the committed locks' headers and platforms, and PEP 751 locks generated
-with the real uv from a local index of tiny wheels (offline), like a user would from an index."""
+malformed line named), the committed locks' headers and platforms, PEP 751 locks generated
+with the real uv from a local index of tiny wheels (offline), like a user would from an index,
+and the one guarded import of packaging."""
 
 import hashlib
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
+    check_policy,
     load_lock,
     Lock,
     LockError,
     parse_lock,
     parse_pylock,
+    python_version_reason,
     render_requirements,
 )
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import check_policy, python_version_reason
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import lock as lock_module
 
 from helpers import codes, H1, H2, LOCKS, MLPERF, PY311, PYLOCK, REPO, SMOKE, UV, uv_compile
 
@@ -346,3 +350,43 @@ def test_toml_that_is_not_named_like_a_pylock_is_refused(tmp_path):
         load_lock(str(path))
     with pytest.raises(LockError, match="not a valid PEP 751 lock"):
         parse_pylock('lock-version = "9.0"\ncreated-by = "x"\n', "pylock.toml")
+
+
+# Imports every plugin_utils file with packaging made unimportable, as ansible-test's plugin
+# import check does, then shows what an action plugin would see at run time.
+_WITHOUT_PACKAGING = r'''
+import importlib, os, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "packaging" or name.startswith("packaging."):
+            raise ImportError("No module named 'packaging' (blocked)")
+sys.meta_path.insert(0, Block())
+base = "ansible_collections.lockstep.cluster.plugins.plugin_utils"
+for name in sorted(os.listdir(sys.argv[1])):
+    if name.endswith(".py") and name != "__init__.py":
+        importlib.import_module("%s.%s" % (base, name[:-3]))
+lock = importlib.import_module(base + ".lock")
+try:
+    lock.require()
+except RuntimeError as exc:
+    print("REQUIRE:", exc)
+try:
+    lock.canonicalize_name("x")
+except RuntimeError as exc:
+    print("USE:", exc)
+'''
+
+
+def test_packaging_names_come_from_packaging():
+    from packaging.version import Version
+    assert lock_module.IMPORT_ERROR is None and lock_module.Version is Version
+    lock_module.require()
+
+
+def test_without_packaging_every_file_imports_and_use_fails_clearly():
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, ".collections"))
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_PACKAGING, os.path.join(REPO, "plugins", "plugin_utils")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "REQUIRE: the Python library 'packaging'" in out.stdout
+    assert "USE: the Python library 'packaging'" in out.stdout

@@ -5,11 +5,13 @@ import hashlib
 
 import pytest
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock, parse_lock, parse_pylock
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock_policy import (
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
     check_policy,
     format_violations,
     gpu_reason,
+    load_lock,
+    parse_lock,
+    parse_pylock,
     python_version_reason,
     Violation,
 )

@@ -7,8 +7,8 @@ writes it: which writer's file a rank saw, what it could not do, its filesystem 
 import copy
 import xml.etree.ElementTree as ET
 
-from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate as cv
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate_report
+from ansible_collections.lockstep.cluster.plugins.plugin_utils import validate as cv
 
 from test_validate import HOSTS, load, recorded_verdict
 

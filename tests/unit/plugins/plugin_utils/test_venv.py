@@ -9,7 +9,7 @@ import pytest
 from packaging.pylock import Pylock
 from packaging.tags import Tag
 
-from ansible_collections.lockstep.cluster.plugins.module_utils.uv_runner import SyncError, UvRunner
+from ansible_collections.lockstep.cluster.plugins.module_utils.uv import SyncError, UvRunner
 from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import VenvStore
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import load_lock, parse_lock
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import venv as wheelhouse
