@@ -1,6 +1,8 @@
 # Copyright: lockstep.cluster maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
+"""Check a lock against the fleet's policy (documentation only: plugins/action/lock_policy.py does the work)."""
+
 DOCUMENTATION = r"""
 ---
 module: lock_policy
