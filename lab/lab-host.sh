@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Host (a lab container, run as root through `podman exec -i NAME sh -s -- USER KEY DRY`):
 # make the admin user the controller logs in as over SSH (its authorized key, NOPASSWD sudo),
 # then print the container's host keys. One "changed: WHAT" line per change; with DRY=True
