@@ -50,10 +50,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Only reads the lockfile, so check mode runs the same checks.
+    details: Only reads the lockfile, so check mode runs the same checks.
   diff_mode:
     support: none
-    description: Nothing is changed, so there is nothing to diff.
+    details: Nothing is changed, so there is nothing to diff.
   platform:
     support: full
     platforms: all
