@@ -57,7 +57,7 @@ attributes:
   platform:
     support: full
     platforms: all
-    description: Runs on the controller; the target's platform does not matter.
+    details: Runs on the controller; the target's platform does not matter.
   action:
     support: full
     description: Implemented by an action plugin that runs on the controller.
