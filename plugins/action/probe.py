@@ -71,7 +71,7 @@ class ActionModule(ActionBase):
             return result
         facts = found.pop("facts", {})
         sections = dict((k, v) for k, v in found.items() if k in ROLE_SECTIONS + ("validate",))
-        result.update(changed=False, **sections)
+        result.update(changed=False, seconds=found.get("seconds") or {}, **sections)
         errors = ["%s: %s" % (name, s["error"]) for name, s in sorted(sections.items())
                   if isinstance(s, dict) and s.get("error")]
         result["msg"] = remote.redact("; ".join(errors) or "probed: %s" % ", ".join(sorted(sections)), secrets)

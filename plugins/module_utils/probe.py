@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import time
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -254,12 +255,18 @@ def run(params, base_env, module):
     role's answer (``uv``, ``mpi``, ``venv``: their check-mode plan; ``cluster``: a snapshot of
     the member's files), and the audit's facts (``validate``). A section that cannot be answered
     carries its ``error``; the others still are. Nothing is changed."""
+    start = time.time()
     out = {"facts": distributions.os_facts(module), "diff": bool(getattr(module, "_diff", False)),
            "env": base_env}
+    # Where a run's time goes on the host (the bench and an operator read it).
+    seconds = {"facts": round(time.time() - start, 3)}
     for name in ("uv", "mpi", "venv", "cluster"):
         if params.get(name) is not None:
+            begin = time.time()
             out[name] = _section(name, params[name], out)
+            seconds[name] = round(time.time() - begin, 3)
     if params.get("validate"):
+        begin = time.time()
         options = params["validate"]
         env_file = options.get("env_file")
         if env_file and not os.path.isfile(env_file):
@@ -269,6 +276,8 @@ def run(params, base_env, module):
                 out["validate"] = collect(options, base_env)
             except (IOError, OSError, RuntimeError, ValueError) as exc:
                 out["validate"] = {"error": "the probe failed: %s" % exc}
+        seconds["validate"] = round(time.time() - begin, 3)
+    out["seconds"] = seconds
     out.pop("diff")
     out.pop("env")
     return out

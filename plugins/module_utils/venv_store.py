@@ -510,7 +510,9 @@ class VenvStore(object):
                 changes = group_findings(current, defects)
             else:
                 changes = self.tampered(current) if self.verify_files else []
-            if not changes:
+            if not changes and not self.verify_files:
+                # A tree equal to its manifest is the tree sealed after uv's own check for this
+                # key: uv is asked again only when the files were not checked.
                 changes = self.check_sync(current)[1]
             if not changes:
                 plan.update(action="none", target=current)

@@ -173,7 +173,11 @@ def test_one_run_answers_every_section_and_the_venv_gets_this_runs_mpi_env(monke
     assert calls["venv"][0]["mpi_env"] == {"MPI4PY_MPIABI": "openmpi"} and calls["venv"][0]["stage"] == "plan"
     assert calls["cluster"][0] == {"user": "bench", "hostfile": "/etc/lockstep/hostfile", "manage_keys": True,
                                    "manage_known_hosts": True}
-    assert set(out) == {"facts", "uv", "mpi", "venv", "cluster"} and out["uv"]["result"] == {"changed": False, "seen": "uv"}
+    assert set(out) == {"facts", "uv", "mpi", "venv", "cluster", "seconds"}
+    assert out["uv"]["result"] == {"changed": False, "seen": "uv"}
+    # Where the run's time went, per section.
+    assert set(out["seconds"]) == {"facts", "uv", "mpi", "venv", "cluster"}
+    assert all(isinstance(v, float) and v >= 0 for v in out["seconds"].values())
     # The digest is over what the host was asked, with the MPI env the venv got.
     params, error = probe.settings("venv", dict(calls["venv"][0], stage="apply"))
     assert error is None and out["venv"]["digest"] == probe.digest("venv", params)

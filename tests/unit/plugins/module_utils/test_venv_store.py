@@ -191,6 +191,18 @@ def test_plan_and_describe_change_nothing(house):
     assert sorted(os.listdir(first.store)) == sorted([".lockstep.lock", name, name + store_fs.MANIFEST_SUFFIX])
 
 
+def test_a_converged_venv_whose_files_match_its_manifest_is_not_checked_by_uv_again(house, monkeypatch):
+    store = make_store(house, lock_of(house, ("alpha", "1.0")))
+    sync(store)
+    asked = []
+    real = store.uv.sync
+    monkeypatch.setattr(store.uv, "sync", lambda *a, **k: asked.append(k) or real(*a, **k))
+    assert store.plan()["action"] == "none" and asked == []
+    # Files not checked: uv's check is the only answer, so it runs.
+    store.verify_files = False
+    assert store.plan()["action"] == "none" and [k.get("check") for k in asked] == [True]
+
+
 def test_drifted_live_venv_is_replaced_not_repaired(house):
     store = make_store(house, lock_of(house, ("alpha", "1.0")))
     sync(store)
