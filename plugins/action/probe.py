@@ -52,6 +52,9 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        errors = probe.role_argument_errors(args["role_arguments"], task_vars, self._templar.template)
+        if errors:
+            raise AnsibleActionFail("Validation of the roles' arguments failed:\n%s" % "\n".join(errors))
         secrets = remote.secrets_of([(args.get("venv") or {}).get("index_url")]
                                     + list((args.get("venv") or {}).get("extra_index_urls") or []))
         answer = self._reusable(task_vars, args)
@@ -59,7 +62,7 @@ class ActionModule(ActionBase):
             result.update(changed=False, reused=True, msg="this run's probe (nothing changed since)",
                           **answer["sections"])
             return result
-        module_args = dict((k, v) for k, v in self._task.args.items() if v is not None)
+        module_args = dict((k, v) for k, v in self._task.args.items() if v is not None and k != "role_arguments")
         for name in ROLE_SECTIONS:
             if args.get(name) is not None:
                 module_args[name] = self._asked(name, args[name], task_vars)

@@ -77,6 +77,8 @@ ARGUMENT_SPEC = dict(
     # Kept for this run (the fact lockstep_probe) for the roles and the audit to reuse: only where
     # the playbook knows nothing but lockstep roles runs on the host after the probe (site.yml).
     keep=dict(type="bool", default=False),
+    # Checked on the controller (the action plugin): these roles' arguments, in this one task.
+    role_arguments=dict(type="list", elements="str", default=[]),
 )
 
 

@@ -75,6 +75,15 @@ options:
         the host between this probe and the audit, as in C(site.yml); elsewhere every probe asks the host.
     type: bool
     default: false
+  role_arguments:
+    description:
+      - Roles of this collection whose variables are checked here, on the controller, against their
+        C(meta/argument_specs.yml) as the roles' own argument check would (same messages, prefixed
+        with the role), before the host is asked. For a play that runs those roles with
+        C(rolespec_validate=false), as C(site.yml) does: one task instead of one per role and host.
+    type: list
+    elements: str
+    default: []
   validate:
     description:
       - The audit's questions (the C(lockstep.cluster.validate) role's settings). Omitted, the

@@ -14,10 +14,36 @@ from __future__ import annotations
 
 import os
 
+import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
 from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
 
 FACT = "lockstep_probe"
 CHANGED = "lockstep_changed"
+ROLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "roles")
+_SPECS = {}
+
+
+def role_spec(role):
+    """A role's ``main`` entry point options, from its meta/argument_specs.yml (read once)."""
+    if role not in _SPECS:
+        with open(os.path.join(ROLES, role, "meta", "argument_specs.yml")) as handle:
+            _SPECS[role] = yaml.safe_load(handle)["argument_specs"]["main"]["options"]
+    return _SPECS[role]
+
+
+def role_argument_errors(roles, task_vars, template):
+    """What each role's own argument check would say, in one task (site.yml runs its roles with
+    rolespec_validate off: a check task per role per host cost the controller more than the
+    whole converged role). ``template`` renders the variables as the role would see them."""
+    errors = []
+    for role in roles:
+        spec = role_spec(role)
+        given = template(dict((name, task_vars[name]) for name in spec if name in task_vars))
+        found = ArgumentSpecValidator(spec).validate(given, validate_role_argument_spec=True)
+        errors.extend("role %s: %s" % (role, message) for message in found.error_messages)
+    return errors
 
 
 def _start_time(pid):

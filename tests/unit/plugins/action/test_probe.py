@@ -5,6 +5,9 @@ role changed the host since or other options are asked."""
 import os
 from unittest.mock import MagicMock
 
+import pytest
+from ansible.errors import AnsibleActionFail
+
 from ansible_collections.lockstep.cluster.plugins.action.probe import ActionModule, MODULE
 from ansible_collections.lockstep.cluster.plugins.module_utils.probe import digest, settings
 from ansible_collections.lockstep.cluster.plugins.plugin_utils import probe
@@ -38,6 +41,7 @@ def run(args, task_vars, host):
     connection._shell.join_path.side_effect = os.path.join
     action = ActionModule(task, connection, MagicMock(), MagicMock(), MagicMock(), MagicMock())
     action._execute_module = host
+    action._templar.template.side_effect = lambda value: value
     return action.run(task_vars=task_vars)
 
 
@@ -67,3 +71,14 @@ def test_without_keep_nothing_is_kept_and_nothing_is_reused_later():
     assert probe.FACT not in facts and facts["os_family"] == "Debian"
     run({"uv": UV, "validate": VALIDATE}, {"ansible_facts": facts}, host)
     assert len(host.calls) == 2
+
+
+def test_bad_role_arguments_fail_before_the_host_is_asked_and_name_the_role_and_variable():
+    host = Host()
+    with pytest.raises(AnsibleActionFail) as failed:
+        run({"uv": UV, "role_arguments": ["uv", "venv"]}, {"venv_keep": "banana"}, host)
+    assert str(failed.value).startswith("Validation of the roles' arguments failed:\nrole venv: argument 'venv_keep'")
+    assert host.calls == []
+    # Good ones pass, and the option is not sent to the host.
+    run({"uv": UV, "role_arguments": ["venv"]}, {"venv_keep": 2}, host)
+    assert len(host.calls) == 1 and "role_arguments" not in host.calls[0][1]

@@ -52,3 +52,26 @@ def test_a_section_with_an_error_is_not_an_answer():
 
 def test_facts_may_come_as_plain_variables_too():
     assert probe.section(answer(uv=UV), "uv", UV) is not None
+
+
+def test_the_roles_arguments_are_checked_as_each_role_would_with_its_name():
+    rendered = []
+
+    def template(value):
+        rendered.append(value)
+        return dict((k, "{{ x }}" != v and v or 3) for k, v in value.items())
+
+    assert probe.role_argument_errors(["uv", "mpi", "venv"], {"venv_keep": 2}, template) == []
+    errors = probe.role_argument_errors(["uv", "venv"], {"venv_keep": "banana", "uv_version": "0.13.9"}, template)
+    assert len(errors) == 1 and errors[0].startswith("role venv: argument 'venv_keep' is of type str")
+    # Variables are rendered before the check (a template that renders to an int passes).
+    assert probe.role_argument_errors(["venv"], {"venv_keep": "{{ x }}"}, template) == []
+    assert {"venv_keep": "{{ x }}"} in rendered
+    # Only the role's own variables are looked at.
+    assert probe.role_argument_errors(["mpi"], {"venv_keep": "banana"}, template) == []
+
+
+def test_every_role_has_a_main_spec_the_probe_can_read():
+    for role in sorted(os.listdir(probe.ROLES)):
+        if os.path.isfile(os.path.join(probe.ROLES, role, "meta", "argument_specs.yml")):
+            assert probe.role_spec(role), role
