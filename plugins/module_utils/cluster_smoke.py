@@ -300,8 +300,8 @@ def shared_storage(comm, rank, size, plan, token):
 """
 
 # What the environment adds to the venv's Python (issue 17), run by every rank before MPI_Init
-# and by the probe as the cluster user in a login-like shell: where numpy, mpi4py and its
-# extension (and any other module already imported) come from, the interpreter-affecting
+# and by the probe as the cluster user in a login-like shell: where numpy (found, not imported),
+# mpi4py and its extension (and any other module already imported) come from, the interpreter-affecting
 # variables set and the startup files that set them, and the sitecustomize / usercustomize /
 # .pth files on sys.path outside the venv (with their sha256: the controller accepts a
 # package's own unchanged file, see probe.base_python). Judged on the controller.
@@ -367,9 +367,21 @@ def runtime_facts(venv_real, modules=("numpy", "mpi4py", "mpi4py.MPI")):
     trusted = [_os.path.realpath(p) for p in [base["stdlib"], base["platstdlib"]] + base["dynload"] if p]
     for name in modules:
         try:
-            if name not in _sys.modules:
+            if name in _sys.modules:
+                where = getattr(_sys.modules[name], "__file__", None)
+            elif "." not in name:
+                # Where the import would come from, without running it (numpy costs 0.3 s).
+                import importlib.util as _util
+                where = getattr(_util.find_spec(name), "origin", None)
+                if where is None:
+                    raise ImportError("No module named %r" % name)
+            else:
+                if name.startswith("mpi4py."):
+                    import mpi4py as _mpi4py
+                    _mpi4py.rc.initialize = _mpi4py.rc.finalize = False  # never MPI_Init here
                 __import__(name)
-            out["modules"][name] = _os.path.realpath(getattr(_sys.modules[name], "__file__", None) or "") or None
+                where = getattr(_sys.modules[name], "__file__", None)
+            out["modules"][name] = _os.path.realpath(where or "") or None
         except ImportError as exc:
             out["modules"][name] = None
             if "No module named" not in str(exc):
