@@ -608,6 +608,22 @@ def forwarded(env, env_file_vars, extra):
     return out
 
 
+def launch_env(env, launcher):
+    """What the launch itself sets of the variables a rank reports: lockstep.env's and
+    ``environment``'s, and the library directories Open MPI puts in front of LD_LIBRARY_PATH on
+    its ranks when it is started by an absolute path (as with ``--prefix``: <prefix>/lib, lib64)."""
+    found = dict((k, env[k]) for k in RUNTIME_VARS if env.get(k))
+    if launcher.get("flavor") == "openmpi" and launcher.get("path"):
+        prefixes = []
+        for path in (launcher["path"], launcher.get("realpath")):
+            prefix = os.path.dirname(os.path.dirname(path or ""))
+            if prefix and prefix not in prefixes:
+                prefixes.append(prefix)
+        dirs = [os.path.join(p, d) for p in prefixes for d in ("lib", "lib64")]
+        found["LD_LIBRARY_PATH"] = ":".join([p for p in [found.get("LD_LIBRARY_PATH")] if p] + dirs)
+    return found
+
+
 def parse_ranks(stdout):
     """``([{"id": {...}, "init": {...}, "done": {...}}], other_lines)``: the tagged JSON lines
     grouped per rank process (host and pid), and every other line."""
@@ -742,8 +758,7 @@ def run(params, base_env):
     out["stdout_tail"] = proc.tail("\n".join(other), 20)
     out["stderr_tail"] = proc.tail(result.err, 40)
     out["expected_ranks"] = len(launch)
-    # What the launch itself sets of the variables a rank reports (lockstep.env, environment).
-    out["rank_env_expected"] = dict((k, env[k]) for k in RUNTIME_VARS if env.get(k))
+    out["rank_env_expected"] = launch_env(env, launcher)
     if result.timed_out or result.rc != 0:
         out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me)
     out["total_seconds"] = round(time.time() - begun, 3)

@@ -568,8 +568,18 @@ def test_run_reports_what_the_launch_sets_itself_and_each_ranks_runtime(tmp_path
     params = fake_cluster(tmp_path)
     out = cs.run(params, dict(os.environ))
     assert out["returncode"] == 0, out["stderr_tail"]
-    # PYTHONPATH is the launch's own here (environment): the verdict does not blame it.
-    assert out["rank_env_expected"] == {"PYTHONPATH": str(tmp_path / "site")}
+    # PYTHONPATH is the launch's own here (environment): the verdict does not blame it; nor the
+    # library directories Open MPI adds for a launcher started by its absolute path.
+    prefix = os.path.dirname(str(tmp_path))
+    assert out["rank_env_expected"] == {"PYTHONPATH": str(tmp_path / "site"),
+                                        "LD_LIBRARY_PATH": "%s/lib:%s/lib64" % (prefix, prefix)}
     runtime = out["ranks"][0]["id"]["runtime"]
     assert runtime["modules"]["mpi4py"] == str(tmp_path / "site" / "mpi4py" / "__init__.py")
     assert runtime["env"]["PYTHONPATH"] == str(tmp_path / "site")
+
+
+def test_the_launch_env_keeps_the_env_files_library_path_and_adds_open_mpis_prefix_only():
+    env = {"LD_LIBRARY_PATH": "/v/lib", "PYTHONPATH": "", "PATH": "/v/bin"}
+    openmpi = {"flavor": "openmpi", "path": "/usr/bin/mpiexec", "realpath": "/usr/bin/orterun"}
+    assert cs.launch_env(env, openmpi) == {"LD_LIBRARY_PATH": "/v/lib:/usr/lib:/usr/lib64"}
+    assert cs.launch_env({}, {"flavor": "mpich", "path": "/usr/bin/mpiexec"}) == {}
