@@ -30,7 +30,7 @@ description:
     C(-f hostfile -launcher ssh -ppn 1)."
   - Each rank reports, before C(MPI_Init), its host, the venv's real path, the Python and
     mpi4py versions, the libmpi it loaded, C(MPI.Get_library_version()) and a digest of the
-    installed packages, and what its environment adds to the venv's Python (C(runtime): where
+    installed packages, and what its environment adds to the venv's Python (C(runtime) - where
     numpy, mpi4py and its C(MPI) extension come from, C(PYTHONPATH), C(PYTHONHOME),
     C(PYTHONSTARTUP), C(PYTHONUSERBASE), C(LD_PRELOAD), C(LD_LIBRARY_PATH) with the startup files
     that set them - C(/etc/environment), C(~/.bashrc), C(/etc/profile.d/*.sh)... - and
@@ -203,7 +203,7 @@ smoke:
       reports; with O(shared_dirs) a C(storage) phase per rank), C(stderr_tail), C(stragglers)
       (pids killed after a failed launch), C(error), C(storage) (C(dirs), C(min_free) in bytes,
       C(timeout)) when O(shared_dirs) is set, C(rank_env_expected) (the interpreter variables the
-      launch sets itself: the env file's and O(environment)'s, which the verdict does not blame).
+      launch sets itself - the env file's and O(environment)'s, which the verdict does not blame).
   returned: on the launching host
   type: dict
 """
