@@ -25,7 +25,7 @@ description:
   - "Check C(rank_env): what the cluster user's login environment adds to the venv's Python on the
     host (the probe's C(runtime)): C(numpy), C(mpi4py) or its C(MPI) extension (or any other module)
     imported from outside the venv, C(PYTHONPATH), C(PYTHONHOME), C(PYTHONSTARTUP), C(PYTHONUSERBASE),
-    C(LD_PRELOAD) or C(LD_LIBRARY_PATH) beyond what the venv's env file and O(validate.environment)
+    C(LD_PRELOAD) or C(LD_LIBRARY_PATH) beyond what the venv's env file and the validate role's C(environment)
     set, named with the startup file and line that sets it (C(/etc/environment), C(~/.bashrc),
     C(/etc/profile.d/x.sh)...), and sitecustomize/usercustomize/.pth files on its C(sys.path) outside
     the venv that are not the package manager's own unchanged file. Check C(base_python): the base
