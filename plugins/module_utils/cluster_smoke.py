@@ -6,7 +6,7 @@ benchmark user, with the venv's own Python on every rank (stdlib only).
 Before the launch, one BatchMode ``ssh <host> true`` per host (in parallel) names the hosts
 SSH cannot reach, or whose host key does not match; the launch then covers the others. Each
 rank prints who it is before ``MPI_Init`` (host, venv, Python, mpi4py, the libmpi it loaded,
-what its launcher told it) and, after an allreduce and a ring exchange, what it saw. The
+what its launcher told it, what its environment adds to the interpreter: RUNTIME_SCRIPT) and, after an allreduce and a ring exchange, what it saw. The
 controller judges all of it (plugin_utils.validate); this side only collects.
 """
 
@@ -106,6 +106,7 @@ with open("/proc/self/maps") as maps:
             if fields[-1] not in libs:
                 libs.append(fields[-1])
 me["libmpi"] = [os.path.realpath(p) for p in libs]
+me["runtime"] = runtime_facts(me["prefix"])
 me["startup_s"] = round(time.time() - start, 3)
 say(me)
 if "import_error" in me:
@@ -298,8 +299,128 @@ def shared_storage(comm, rank, size, plan, token):
     return hung
 """
 
-# Its functions come first; the rank script calls shared_storage() after its collectives.
-RANK_SCRIPT = STORAGE_SCRIPT + RANK_SCRIPT
+# What the environment adds to the venv's Python (issue 17), run by every rank before MPI_Init
+# and by the probe as the cluster user in a login-like shell: where numpy (found, not imported),
+# mpi4py and its extension (and any other module already imported) come from, the interpreter-affecting
+# variables set and the startup files that set them, and the sitecustomize / usercustomize /
+# .pth files on sys.path outside the venv (with their sha256: the controller accepts a
+# package's own unchanged file, see probe.base_python). Judged on the controller.
+RUNTIME_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_PRELOAD", "LD_LIBRARY_PATH")
+RUNTIME_SCRIPT = "RUNTIME_VARS = %r\n" % (RUNTIME_VARS,) + r"""
+import hashlib as _hashlib, os as _os, re as _re, sys as _sys, sysconfig as _sysconfig
+RUNTIME_FILES = ("/etc/environment", "/etc/security/pam_env.conf", "/etc/profile", "/etc/bash.bashrc",
+                 "PROFILE.D", "~/.pam_environment", "~/.profile", "~/.bash_profile", "~/.bash_login", "~/.bashrc")
+
+
+def runtime_inside(path, roots):
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots if r)
+
+
+def runtime_sources(names):
+    # Startup files that assign a variable: "file:line", home files as ~/...
+    home = _os.path.expanduser("~")
+    files = []
+    for name in RUNTIME_FILES:
+        if name == "PROFILE.D":
+            try:
+                files += sorted(_os.path.join("/etc/profile.d", f) for f in _os.listdir("/etc/profile.d") if f.endswith(".sh"))
+            except OSError:
+                pass
+        else:
+            files.append(_os.path.expanduser(name))
+    found = dict((n, []) for n in names)
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(262144).decode("utf-8", "replace")
+        except (IOError, OSError):
+            continue
+        shown = "~" + path[len(home):] if home not in ("", "/") and path.startswith(home + "/") else path
+        for number, line in enumerate(text.splitlines(), 1):
+            body = line.strip()
+            if body.startswith("#"):
+                continue
+            for n in names:
+                if _re.search(r"(^|[^A-Za-z0-9_$])%s\s*(=|\+=|\s(DEFAULT|OVERRIDE)=)|"
+                              r"\b(export|setenv|declare\s+-x)\s+([^;#]*\s)?%s\b" % (n, n), body):
+                    found[n].append("%s:%d" % (shown, number))
+    return found
+
+
+def runtime_sha256(path):
+    try:
+        with open(path, "rb") as handle:
+            return _hashlib.sha256(handle.read()).hexdigest()
+    except (IOError, OSError):
+        return None
+
+
+def runtime_facts(venv_real, modules=("numpy", "mpi4py", "mpi4py.MPI")):
+    out = {"modules": {}, "foreign": {}, "env": {}, "sources": {}, "customize": [], "sys_path": list(_sys.path)}
+    base = {"prefix": _sys.base_prefix,
+            "executable": _os.path.realpath(getattr(_sys, "_base_executable", None) or _sys.executable),
+            "stdlib": _sysconfig.get_path("stdlib", vars={"installed_base": _sys.base_prefix, "base": _sys.base_prefix}),
+            "platstdlib": _sysconfig.get_path("platstdlib", vars={"platbase": _sys.base_exec_prefix,
+                                                                  "installed_platbase": _sys.base_exec_prefix})}
+    base["dynload"] = [p for p in _sys.path if p.endswith("lib-dynload")]
+    out["base"] = base
+    trusted = [_os.path.realpath(p) for p in [base["stdlib"], base["platstdlib"]] + base["dynload"] if p]
+    for name in modules:
+        try:
+            if name in _sys.modules:
+                where = getattr(_sys.modules[name], "__file__", None)
+            elif "." not in name:
+                # Where the import would come from, without running it (numpy costs 0.3 s).
+                import importlib.util as _util
+                where = getattr(_util.find_spec(name), "origin", None)
+                if where is None:
+                    raise ImportError("No module named %r" % name)
+            else:
+                if name.startswith("mpi4py."):
+                    import mpi4py as _mpi4py
+                    _mpi4py.rc.initialize = _mpi4py.rc.finalize = False  # never MPI_Init here
+                __import__(name)
+                where = getattr(_sys.modules[name], "__file__", None)
+            out["modules"][name] = _os.path.realpath(where or "") or None
+        except ImportError as exc:
+            out["modules"][name] = None
+            if "No module named" not in str(exc):
+                out.setdefault("import_errors", {})[name] = str(exc)[:300]
+        except Exception as exc:
+            out["modules"][name] = None
+            out.setdefault("import_errors", {})[name] = ("%s: %s" % (type(exc).__name__, exc))[:300]
+    for name, module in sorted(list(_sys.modules.items())):
+        if name in ("__main__", "__mp_main__"):
+            continue
+        where = getattr(module, "__file__", None)
+        if isinstance(where, str) and where:
+            real = _os.path.realpath(where)
+            if not runtime_inside(real, [venv_real] + trusted) and len(out["foreign"]) < 20:
+                out["foreign"][name] = real
+    for name in RUNTIME_VARS:
+        if _os.environ.get(name):
+            out["env"][name] = _os.environ[name]
+    out["sources"] = runtime_sources(sorted(out["env"]))
+    seen = set()
+    for entry in _sys.path:
+        real = _os.path.realpath(entry or ".")
+        if real in seen or runtime_inside(real, [venv_real]) or not _os.path.isdir(real):
+            continue
+        seen.add(real)
+        try:
+            names = sorted(_os.listdir(real))
+        except OSError:
+            continue
+        for name in names:
+            if _re.match(r"^(sitecustomize|usercustomize)(\.|$)", name) or name.endswith(".pth"):
+                path = _os.path.join(entry or ".", name)
+                out["customize"].append({"path": path, "realpath": _os.path.realpath(path), "sha256": runtime_sha256(path)})
+    return out
+"""
+
+# Its functions come first; the rank script calls runtime_facts() before MPI_Init and
+# shared_storage() after its collectives.
+RANK_SCRIPT = RUNTIME_SCRIPT + STORAGE_SCRIPT + RANK_SCRIPT
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -367,6 +488,42 @@ def as_user(argv, user):
     if os.geteuid() == user.pw_uid:
         return list(argv)
     return ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid, "--init-groups", "--"] + list(argv)
+
+
+def pam_environment(path="/etc/environment"):
+    """The variables pam_env sets from ``path`` at an SSH login (``KEY=VALUE``, an optional
+    ``export``, quotes stripped); {} when it cannot be read."""
+    found = {}
+    try:
+        with open(path) as handle:
+            text = handle.read(262144)
+    except (IOError, OSError, UnicodeDecodeError):
+        return found
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        if line.startswith("#") or not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            continue
+        value = value.strip()
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[key] = value
+    return found
+
+
+def login_command(user, argv, forward, pam_file="/etc/environment"):
+    """``(argv, env)``: ``argv`` run as ``user`` the way a launcher's SSH login starts a rank:
+    the variables of /etc/environment (pam_env), then the user's shell as sshd runs a command
+    (bash reads /etc/bash.bashrc and ~/.bashrc then: it sees SSH_CLIENT at the top level), then
+    ``forward`` on top (what the launcher forwards to its ranks)."""
+    env = {"PATH": SYSTEM_PATH, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+           "SHELL": user.pw_shell or "/bin/sh", "LANG": "C.UTF-8"}
+    env.update(pam_environment(pam_file))
+    env["SSH_CLIENT"] = "127.0.0.1 0 22"
+    inner = ["env", "-u", "SSH_CLIENT"] + ["%s=%s" % (k, forward[k]) for k in sorted(forward)] + list(argv)
+    return as_user([user.pw_shell or "/bin/sh", "-c", 'exec "$@"', "lockstep-login"] + inner, user), env
 
 
 # The daemon a launcher starts on every other host over SSH (Open MPI 4 / 5, MPICH's Hydra).
@@ -449,6 +606,22 @@ def forwarded(env, env_file_vars, extra):
         if key in env and key not in out and not key.startswith("OMPI_"):
             out.append(key)
     return out
+
+
+def launch_env(env, launcher):
+    """What the launch itself sets of the variables a rank reports: lockstep.env's and
+    ``environment``'s, and the library directories Open MPI puts in front of LD_LIBRARY_PATH on
+    its ranks when it is started by an absolute path (as with ``--prefix``: <prefix>/lib, lib64)."""
+    found = dict((k, env[k]) for k in RUNTIME_VARS if env.get(k))
+    if launcher.get("flavor") == "openmpi" and launcher.get("path"):
+        prefixes = []
+        for path in (launcher["path"], launcher.get("realpath")):
+            prefix = os.path.dirname(os.path.dirname(path or ""))
+            if prefix and prefix not in prefixes:
+                prefixes.append(prefix)
+        dirs = [os.path.join(p, d) for p in prefixes for d in ("lib", "lib64")]
+        found["LD_LIBRARY_PATH"] = ":".join([p for p in [found.get("LD_LIBRARY_PATH")] if p] + dirs)
+    return found
 
 
 def parse_ranks(stdout):
@@ -585,6 +758,7 @@ def run(params, base_env):
     out["stdout_tail"] = proc.tail("\n".join(other), 20)
     out["stderr_tail"] = proc.tail(result.err, 40)
     out["expected_ranks"] = len(launch)
+    out["rank_env_expected"] = launch_env(env, launcher)
     if result.timed_out or result.rc != 0:
         out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me)
     out["total_seconds"] = round(time.time() - begun, 3)

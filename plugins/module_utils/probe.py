@@ -3,7 +3,9 @@
 """What a host has, collected in one module run: the probe's option spec and its raw facts.
 
 Stdlib only. One section per question asked (``validate``: the venv, its files against the
-manifest, the venv's Python, its distributions, uv and the MPI stack); the module returns raw
+manifest, the venv's Python, its distributions, uv, the MPI stack, what the cluster user's login
+environment adds to the venv's Python, and the base interpreter against its package manager:
+dpkg --verify / rpm -V and files in its sys.path no package owns); the module returns raw
 facts and the controller judges them (plugin_utils.validate), where ``packaging`` is available.
 Nothing here modifies the host.
 """
@@ -15,13 +17,16 @@ __metaclass__ = type
 import hashlib
 import json
 import os
+import pwd
 import re
+import shutil
 import time
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import (
     cluster,
+    cluster_smoke,
     distributions,
     manifest,
     mpi,
@@ -30,7 +35,7 @@ from ansible_collections.lockstep.cluster.plugins.module_utils import (
     uv,
     venv,
 )
-from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import venv_environment
+from ansible_collections.lockstep.cluster.plugins.module_utils.venv_store import read_env_file, venv_environment
 
 # The audit's questions (the validate role's settings); the lock itself stays on the controller.
 VALIDATE_OPTIONS = dict(
@@ -45,6 +50,9 @@ VALIDATE_OPTIONS = dict(
     environment=dict(type="dict", default={}),
     timeout=dict(type="int", default=60),
     smoke_timeout=dict(type="int", default=120),
+    # The cluster user: the venv's Python runs once in its login-like environment (what a rank
+    # inherits); unset: the user the module runs as.
+    user=dict(type="str"),
 )
 
 # What the probe needs of the cluster role's settings to snapshot a member's files.
@@ -192,6 +200,256 @@ def integrity_facts(venv_real, site_packages, params):
     return facts, dists
 
 
+RUNTIME_TAG = "LOCKSTEP-RUNTIME "
+
+
+def runtime_facts(params, python, env, env_file):
+    """What a rank on this host would run: the venv's Python once as the cluster user, in a
+    login-like environment (cluster_smoke.login_command), reporting cluster_smoke.RUNTIME_SCRIPT's
+    facts; ``expected_env``: what lockstep.env and ``environment`` set themselves."""
+    facts = {"expected_env": dict((k, env[k]) for k in cluster_smoke.RUNTIME_VARS if env.get(k))}
+    try:
+        user = pwd.getpwnam(params["user"]) if params.get("user") else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        user = pwd.getpwuid(os.geteuid())
+        facts["note"] = "the cluster user %s does not exist here: checked as %s" % (params["user"], user.pw_name)
+    facts["user"] = user.pw_name
+    keys = cluster_smoke.forwarded(env, set(read_env_file(env_file)) if env_file else set(), params["environment"])
+    script = cluster_smoke.RUNTIME_SCRIPT + (
+        "\nimport json as _json\n_sys.stdout.write(%r + _json.dumps(runtime_facts(_os.path.realpath(_sys.prefix))) + '\\n')\n"
+        % RUNTIME_TAG)
+    argv, login_env = cluster_smoke.login_command(user, [python, "-c", script], dict((k, env[k]) for k in keys))
+    result = proc.run(argv, login_env, params["timeout"], cwd="/")
+    facts["seconds"] = result.seconds
+    for line in (result.out or "").splitlines():
+        if line.startswith(RUNTIME_TAG):
+            try:
+                facts.update(json.loads(line[len(RUNTIME_TAG):]))
+            except ValueError:
+                continue
+            return facts
+    described = proc.describe(result, "the venv's Python as %s" % user.pw_name, params["timeout"])
+    facts["error"] = "%s: %s" % (described, proc.tail(result.err, 3).replace("\n", " | ") or "no output")
+    return facts
+
+
+# What the base interpreter's files are checked against: the packages owning it, by manager.
+_VERIFY_LINE = re.compile(r"^(?:missing\s+|(?P<flags>\S{8,9})\s+)(?P<conf>c\s+)?(?P<path>/.*)$")
+_SCANNED = (".py", ".pth", ".so")
+DPKG_INFO = "/var/lib/dpkg/info"
+
+
+def _md5(path):
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+    except TypeError:  # Python < 3.9
+        digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(path):
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except (IOError, OSError):
+        return None
+
+
+def _base_roots(base):
+    roots = []
+    for path in [base.get("stdlib"), base.get("platstdlib")] + list(base.get("dynload") or []):
+        if path and os.path.isdir(path) and path not in roots:
+            roots.append(path)
+    return roots
+
+
+def _candidates(roots):
+    """Files of the base's sys.path directories a package could own and Python would run:
+    .py/.pth/.so and sitecustomize/usercustomize (no __pycache__, no site-packages: a venv
+    does not see those)."""
+    found, seen = [], set()
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "site-packages", "dist-packages"))
+            for name in sorted(files):
+                path = os.path.join(directory, name)
+                if (name.endswith(_SCANNED) or ".so." in name or name.startswith(("sitecustomize", "usercustomize"))) \
+                        and path not in seen:  # lib-dynload is under the stdlib too
+                    seen.add(path)
+                    found.append(path)
+    return found
+
+
+def _dpkg_owned(prefixes):
+    """Every path a dpkg package lists under ``prefixes`` (its ``*.list`` files: no dpkg run)."""
+    owned = set()
+    info = DPKG_INFO
+    try:
+        names = os.listdir(info)
+    except OSError:
+        return owned
+    for name in names:
+        if name.endswith(".list"):
+            try:
+                with open(os.path.join(info, name)) as handle:
+                    owned.update(line.rstrip("\n") for line in handle if line.startswith(prefixes))
+            except (IOError, OSError, UnicodeDecodeError):
+                continue
+    return owned
+
+
+def _verify_lines(text):
+    """``dpkg --verify`` / ``rpm -V`` output -> ``[{"path", "reason"}]``."""
+    found = []
+    for line in (text or "").splitlines():
+        match = _VERIFY_LINE.match(line.strip())
+        if not match:
+            continue
+        kind = "conffile " if match.group("conf") else ""
+        if match.group("flags") is None:
+            reason = "%smissing" % kind
+        else:
+            reason = "%schanged (%s)" % (kind, match.group("flags"))
+        found.append({"path": match.group("path"), "reason": reason})
+    return found
+
+
+def _dpkg(targets, roots, env, timeout):
+    out = {"manager": "dpkg", "packages": [], "findings": [], "owned": set(), "conffiles": {}}
+    result = proc.run(["dpkg-query", "-S"] + targets, env, timeout)
+    packages = []
+    for line in (result.out or "").splitlines():
+        names, sep, path = line.partition(": ")
+        if sep and not line.startswith(("diversion ", "local diversion")):
+            for name in names.split(", "):
+                if name.strip() and name.strip() not in packages:
+                    packages.append(name.strip())
+            out["owned"].add(path.strip())
+    out["packages"] = packages
+    if targets[0] not in out["owned"]:
+        return out
+    verify = proc.run(["dpkg", "--verify"] + packages, env, timeout)
+    if verify.rc not in (0, 1):
+        out["error"] = proc.describe(verify, "dpkg --verify", timeout)
+    out["findings"] = _verify_lines(verify.out)
+    # Conffiles (Debian's sitecustomize.py is one): dpkg --verify's md5sums do not always cover
+    # them, so each is compared with the md5 dpkg recorded.
+    conf = proc.run(["dpkg-query", "-W", "-f=${Conffiles}\n"] + packages, env, timeout)
+    for line in (conf.out or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].startswith("/") and "obsolete" not in fields[2:]:
+            out["conffiles"][fields[0]] = fields[1]
+    reported = set(f["path"] for f in out["findings"])
+    for path, md5 in sorted(out["conffiles"].items()):
+        try:
+            same = _md5(path) == md5
+            reason = "conffile changed (its md5 is not the package's)"
+        except (IOError, OSError):
+            same, reason = False, "conffile missing"
+        if not same and path not in reported:
+            out["findings"].append({"path": path, "reason": reason})
+    out["owned"].update(_dpkg_owned(tuple(r.rstrip("/") + "/" for r in roots)))
+    out["owned"].update(out["conffiles"])
+    # The recorded md5 of the packages' regular files: a customize file is accepted only when it
+    # is one of them, unchanged (a link the package shipped, replaced by a file, is not).
+    out["md5sums"] = dict(out["conffiles"])
+    for name in packages:
+        try:
+            with open(os.path.join(DPKG_INFO, name + ".md5sums")) as handle:
+                for line in handle:
+                    md5, dummy, rel = line.rstrip("\n").partition("  ")
+                    out["md5sums"]["/" + rel] = md5
+        except (IOError, OSError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _rpm(targets, roots, env, timeout):
+    out = {"manager": "rpm", "packages": [], "findings": [], "owned": set(), "conffiles": {}, "md5sums": {}}
+    result = proc.run(["rpm", "-qf", "--qf", "%{NAME}\n", targets[0]] + targets[1:], env, timeout)
+    lines = (result.out or "").splitlines()
+    for path, name in zip(targets, lines):
+        if "not owned" not in name and "No such file" not in name:
+            out["owned"].add(path)
+            if name.strip() not in out["packages"]:
+                out["packages"].append(name.strip())
+    if targets[0] not in out["owned"]:
+        return out
+    verify = proc.run(["rpm", "-V"] + out["packages"], env, timeout)
+    out["findings"] = _verify_lines(verify.out)
+    files = _candidates(roots)
+    if files:
+        owners = proc.run(["rpm", "-qf", "--qf", "%{NAME}\n"] + files, env, timeout)
+        for line in (owners.out or "").splitlines() + (owners.err or "").splitlines():
+            match = re.match(r"^file (/.*) is not owned by any package$", line.strip())
+            if not match:
+                continue
+            out["findings"].append({"path": match.group(1), "reason": "not owned by any package"})
+        foreign = set(f["path"] for f in out["findings"])
+        out["owned"].update(f for f in files if f not in foreign)
+    return out
+
+
+def _packaged(real, found):
+    """A file a package shipped, unchanged: rpm -V checks types and link targets itself; for dpkg,
+    its md5 must be the one recorded (md5sums or conffiles)."""
+    if found["manager"] != "dpkg":
+        return True
+    try:
+        return real in found["md5sums"] and _md5(real) == found["md5sums"][real]
+    except (IOError, OSError):
+        return False
+
+
+def base_python(runtime, env, timeout):
+    """The base interpreter the venv's Python runs on (its executable, stdlib and lib-dynload:
+    ``runtime["base"]``) against its package manager: ``dpkg --verify`` / ``rpm -V`` of the few
+    packages that own it, Debian's conffiles by their recorded md5, and every .py/.pth/.so in
+    those directories that no package owns. ``clean_customize``: the sitecustomize/usercustomize
+    files on the venv's sys.path that are a package's own, unchanged ({path: sha256}), which
+    the audit then accepts. Nothing is cached: every audit asks the package manager again."""
+    started = time.time()
+    base = (runtime or {}).get("base") or {}
+    out = {"manager": None, "packages": [], "findings": [], "clean_customize": {}}
+    if not base.get("executable"):
+        out["error"] = "not checked: %s" % ((runtime or {}).get("error") or "the base interpreter is unknown")
+        return out
+    roots = _base_roots(base)
+    targets = [base["executable"]] + [os.path.join(r, "os.py") for r in roots[:1]] + roots[1:]
+    if shutil.which("dpkg-query", path=env.get("PATH")) and os.path.isdir(DPKG_INFO):
+        found = _dpkg(targets, roots, env, timeout)
+    elif shutil.which("rpm", path=env.get("PATH")):
+        found = _rpm(targets, roots, env, timeout)
+    else:
+        out["note"] = "neither dpkg nor rpm here: the base interpreter is not verified"
+        return out
+    out.update(manager=found["manager"], packages=found["packages"], findings=found["findings"])
+    if found.get("error"):
+        out["error"] = found["error"]
+    if base["executable"] not in found["owned"]:
+        out["note"] = "%s is no %s package's: the base interpreter is not verified" % (base["executable"], found["manager"])
+        out["findings"] = []
+        out["seconds"] = round(time.time() - started, 3)
+        return out
+    if found["manager"] == "dpkg":
+        out["findings"] += [{"path": f, "reason": "not owned by any package"} for f in _candidates(roots)
+                            if f not in found["owned"]]
+    bad = set(f["path"] for f in out["findings"])
+    for entry in (runtime or {}).get("customize") or ():
+        path, real = entry.get("path"), entry.get("realpath") or entry.get("path")
+        if not any(path.startswith(r.rstrip("/") + "/") for r in roots) or path in bad or real in bad:
+            continue
+        if found["manager"] == "dpkg" and os.path.islink(path) and real not in found["owned"]:  # rpm -V checks links
+            out["findings"].append({"path": path, "reason": "a link to %s, which no package owns" % real})
+        elif path in found["owned"] and _packaged(real, found):
+            out["clean_customize"][path] = _sha256(path)
+    out["seconds"] = round(time.time() - started, 3)
+    return out
+
+
 def collect(params, base_env):
     """Raw facts of one host: venv, the venv's files against its manifest, Python (with its
     marker environment), installed distributions, uv, MPI. Never modifies anything."""
@@ -226,6 +484,9 @@ def collect(params, base_env):
     if params["mpi"]:
         raw_mpi = raw_mpi if py_facts else {"python_error": error}
         facts["mpi"] = mpi.mpi_facts(raw_mpi or {"error": error}, [venv_real], facts["distributions"], env, python, params)
+    if py_facts:
+        facts["runtime"] = runtime_facts(params, python, env, env_file)
+        facts["base_python"] = base_python(facts["runtime"], env, params["timeout"])
     return facts
 
 

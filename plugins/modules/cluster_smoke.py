@@ -30,7 +30,12 @@ description:
     C(-f hostfile -launcher ssh -ppn 1)."
   - Each rank reports, before C(MPI_Init), its host, the venv's real path, the Python and
     mpi4py versions, the libmpi it loaded, C(MPI.Get_library_version()) and a digest of the
-    installed packages; then it does an allreduce and a ring exchange.
+    installed packages, and what its environment adds to the venv's Python (C(runtime) - where
+    numpy, mpi4py and its C(MPI) extension come from, C(PYTHONPATH), C(PYTHONHOME),
+    C(PYTHONSTARTUP), C(PYTHONUSERBASE), C(LD_PRELOAD), C(LD_LIBRARY_PATH) with the startup files
+    that set them - C(/etc/environment), C(~/.bashrc), C(/etc/profile.d/*.sh)... - and
+    sitecustomize/usercustomize/.pth files on its C(sys.path) outside the venv); then it does an
+    allreduce and a ring exchange.
   - With O(shared_dirs), every rank then checks those directories (see O(shared_dirs)).
   - On O(timeout) the launcher's process group gets SIGTERM (the launcher tears down its
     remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
@@ -38,8 +43,9 @@ description:
   - M(lockstep.cluster.validate) judges the launch on the controller against each host's own
     M(lockstep.cluster.probe) result (O(probe_var)) and names one cause per host - not
     reachable over SSH, host key mismatch, login refused, the venv's Python missing, mpi4py
-    import error, launcher/flavor mismatch, environment on the rank differs from the host's
-    own report, rank missing, rank failed. For the hosts it covers, the launch is their smoke
+    import error, launcher/flavor mismatch, the rank's environment adds to the venv's Python
+    (C(rank_env), with the variable or file and where it was set), environment on the rank
+    differs from the host's own report, rank missing, rank failed. For the hosts it covers, the launch is their smoke
     test (one MPI launch per audit).
 author:
   - lockstep.cluster maintainers (@lockstep)
@@ -196,7 +202,8 @@ smoke:
       C(command), C(returncode), C(timed_out), C(seconds), C(ranks) (each rank's tagged
       reports; with O(shared_dirs) a C(storage) phase per rank), C(stderr_tail), C(stragglers)
       (pids killed after a failed launch), C(error), C(storage) (C(dirs), C(min_free) in bytes,
-      C(timeout)) when O(shared_dirs) is set.
+      C(timeout)) when O(shared_dirs) is set, C(rank_env_expected) (the interpreter variables the
+      launch sets itself - the env file's and O(environment)'s, which the verdict does not blame).
   returned: on the launching host
   type: dict
 """

@@ -27,6 +27,18 @@ description:
     actually mapped, launcher path and flavor, system MPI), a verdict C(compatible),
     C(incompatible) or C(unknown) with reasons, and optionally a launch smoke test
     (C(mpiexec -n 2)) that must see ranks 0 and 1 of size 2."
+  - "O(validate) also asks what a rank on this host really runs: the venv's Python once as
+    O(validate.user) in a login-like environment (the variables of C(/etc/environment), then
+    the user's shell as sshd runs a command, so bash reads C(/etc/bash.bashrc) and C(~/.bashrc),
+    then the venv's forwarded variables on top, as a launcher does) reports where C(numpy),
+    C(mpi4py) and its C(MPI) extension (and any other module it imported) come from, the
+    interpreter-affecting variables (C(PYTHONPATH), C(PYTHONHOME), C(PYTHONSTARTUP),
+    C(PYTHONUSERBASE), C(LD_PRELOAD), C(LD_LIBRARY_PATH)) with the startup files that set them,
+    and the C(sitecustomize)/C(usercustomize)/C(.pth) files on its C(sys.path) outside the venv.
+    The base interpreter it runs on is verified against its package manager: C(dpkg --verify)
+    (conffiles also by the md5 dpkg recorded; Debian's C(sitecustomize.py) is a link to one) or
+    C(rpm -V) of the few packages owning its executable, stdlib and C(lib-dynload), and its
+    C(.py)/C(.pth)/C(.so) files no package owns (dpkg: its C(*.list) files; no C(__pycache__))."
   - "O(uv), O(mpi), O(venv): each role's own question, asked in check mode (read-only) with that
     role's module options: M(lockstep.cluster.uv) re-hashes uv and reads its links,
     M(lockstep.cluster.mpi) checks the packages and the selection and describes the runtime,
@@ -155,6 +167,12 @@ options:
           - Seconds allowed for the launch smoke test; the launcher's process group is killed after it.
         type: int
         default: 120
+      user:
+        description:
+          - The cluster user the benchmark ranks run as; the venv's Python runs once as this user in a
+            login-like environment (see the description). Unset, the user the module runs as; a user
+            that does not exist is said in C(runtime.note) and the check runs as the module's user.
+        type: str
 notes:
   - Read-only. Nothing is installed; bytecode is not written (C(PYTHONDONTWRITEBYTECODE), and a
     lockstep venv sets C(sys.dont_write_bytecode) itself).
@@ -329,6 +347,28 @@ validate:
           raw:
             description: What the probe printed (library version string, extension, loaded libmpi, import errors).
             type: dict
+      runtime:
+        description:
+          - What the venv's Python sees as O(validate.user) in a login-like environment - C(user), C(modules)
+            (C(numpy), C(mpi4py), C(mpi4py.MPI) -> the file each was imported from, null when absent),
+            C(import_errors), C(foreign) (other imported modules from outside the venv and the base stdlib),
+            C(env) (the interpreter-affecting variables set), C(sources) (per variable, C(file:line) of the
+            startup files that set it, home files as C(~/...)), C(customize) (C(path), C(realpath), C(sha256) of
+            each sitecustomize/usercustomize/.pth file on C(sys.path) outside the venv), C(sys_path), C(base)
+            (the base interpreter's C(prefix), C(executable), C(stdlib), C(platstdlib), C(dynload)),
+            C(expected_env) (what the env file and O(validate.environment) set themselves), C(seconds);
+            C(error) when it did not run, C(note) when the user does not exist.
+        returned: when the venv's Python runs
+        type: dict
+      base_python:
+        description:
+          - The base interpreter against its package manager - C(manager) (V(dpkg), V(rpm) or null), C(packages)
+            verified, C(findings) (C(path), C(reason) - changed, missing, conffile changed, not owned by any
+            package, a link no package owns), C(clean_customize) (the package's own unchanged
+            sitecustomize files, path -> sha256, which the audit accepts), C(seconds); C(note) when not verified
+            (no dpkg/rpm, or an interpreter no package owns), C(error) when the package manager failed.
+        returned: when the venv's Python runs
+        type: dict
 """
 
 import os

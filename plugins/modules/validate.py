@@ -22,10 +22,21 @@ description:
     failure with its reasons), and the smoke test: the host's own C(mpiexec -n 2) or, when the
     cluster launch (M(lockstep.cluster.cluster_smoke), O(cluster_var)) covered the host, its rank
     there (one MPI launch per audit)."
+  - "Check C(rank_env): what the cluster user's login environment adds to the venv's Python on the
+    host (the probe's C(runtime)): C(numpy), C(mpi4py) or its C(MPI) extension (or any other module)
+    imported from outside the venv, C(PYTHONPATH), C(PYTHONHOME), C(PYTHONSTARTUP), C(PYTHONUSERBASE),
+    C(LD_PRELOAD) or C(LD_LIBRARY_PATH) beyond what the venv's env file and the validate role's C(environment)
+    set, named with the startup file and line that sets it (C(/etc/environment), C(~/.bashrc),
+    C(/etc/profile.d/x.sh)...), and sitecustomize/usercustomize/.pth files on its C(sys.path) outside
+    the venv that are not the package manager's own unchanged file. Check C(base_python): the base
+    interpreter's files changed or missing by C(dpkg --verify) / C(rpm -V) (conffiles by their md5),
+    and files in its stdlib and lib-dynload no package owns, each by path."
   - "Then the hosts against each other, in one comparison: they must agree on the lock their
     venv was built from, the venv path, Python, the installed packages, files that differ from
     the manifest, the MPI library and launcher, mpi4py and its variant, and uv. A host that
-    disagrees is named with the field. The cluster launch names one cause per host."
+    disagrees is named with the field. The cluster launch names one cause per host; a rank that
+    imports from outside the venv, runs with such a variable or such a file (every rank reports
+    them) is cause C(rank_env), with the host, the variable or file and where it was set."
   - Writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (the causes first,
     one row per host, the comparison, unreachable hosts, findings, the Cluster section),
     C(junit.xml) (one testcase per host and check, a C(cluster) testsuite) and C(cluster.json),

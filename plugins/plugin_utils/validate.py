@@ -8,8 +8,9 @@ this runs in the action plugin, never on a host. Causes of the smoke test (``CAU
 first that applies wins: the controller could not check the host, it is not in the hostfile,
 SSH from the launching host cannot reach it / refuses the login / finds another host key, the
 venv's Python is missing there, mpi4py does not import there, its rank loaded another MPI than
-the launcher's (launcher/flavor mismatch), its rank's environment differs from what the host
-reported itself, its rank never showed up, or its rank started but failed (MPI_Init,
+the launcher's (launcher/flavor mismatch), its rank's environment adds to the venv's Python (a
+variable such as PYTHONPATH, a module imported from outside the venv, a sitecustomize outside
+it: rank_env), its rank's environment differs from what the host reported itself, its rank never showed up, or its rank started but failed (MPI_Init,
 allreduce, ring exchange, timeout).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 
@@ -32,7 +34,8 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import (
 )
 
 
-CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke", "cluster_files")
+CHECKS = ("packages", "integrity", "gpu", "python", "uv", "mpi_abi", "mpi_smoke", "cluster_files", "rank_env",
+          "base_python")
 
 
 def version_matches(installed, entry):
@@ -173,6 +176,89 @@ def integrity_findings(facts, changed=()):
     return files, errors, explained
 
 
+# Where a variable can come from when no startup file the rank reads sets it.
+_NO_SOURCE = ("not set in /etc/environment, /etc/profile(.d), /etc/bash.bashrc, ~/.profile or ~/.bashrc: "
+              "a module system, PAM or the launcher")
+
+
+def _inside(path, root):
+    return bool(root) and (path == root or path.startswith(root.rstrip("/") + "/"))
+
+
+def _parts(name, value):
+    """A variable's entries: PATH-like lists by ':', LD_PRELOAD by ':' or blanks, others whole."""
+    if name == "LD_PRELOAD":
+        return [p for p in re.split(r"[:\s]+", value or "") if p]
+    if name in ("PYTHONPATH", "LD_LIBRARY_PATH"):
+        return [p for p in (value or "").split(":") if p]
+    return [value] if value else []
+
+
+def runtime_findings(seen, venv_real, allowed=None, clean=None, who=None):
+    """What the environment adds to the venv's Python, one line each (module_utils.cluster_smoke
+    RUNTIME_SCRIPT's facts of a rank, or of the probe's login-like run as the cluster user):
+    a key module (numpy, mpi4py, its MPI extension) or any other imported module from outside
+    the venv and the base stdlib, an interpreter-affecting variable beyond what the launch sets
+    itself (``allowed``: lockstep.env and ``environment``) with the startup files that set it,
+    and sitecustomize/usercustomize/.pth files on sys.path outside the venv that are not a
+    package's own unchanged file (``clean``: {path: sha256}, probe.base_python)."""
+    if not seen:
+        return []
+    if seen.get("error"):
+        return ["could not be checked: %s" % seen["error"]]
+    out, allowed, clean = [], allowed or {}, clean or {}
+    named = []
+    for name in ("numpy", "mpi4py", "mpi4py.MPI"):
+        path = (seen.get("modules") or {}).get(name)
+        if path and not _inside(path, venv_real):
+            named.append(name)
+            out.append("%s imported from %s, outside the venv %s" % (name, path, venv_real))
+    for name, error in sorted((seen.get("import_errors") or {}).items()):
+        out.append("%s does not import: %s" % (name, error))
+    foreign = sorted((n, p) for n, p in (seen.get("foreign") or {}).items()
+                     if n not in ("sitecustomize", "usercustomize")  # the customize files, below
+                     and not any(n == m or n.startswith(m.split(".")[0] + ".") for m in named))
+    out += ["module %s imported from %s, outside the venv and the base stdlib" % (n, p) for n, p in foreign[:3]]
+    if len(foreign) > 3:
+        out.append("%d more modules imported from outside the venv" % (len(foreign) - 3))
+    for name, value in sorted((seen.get("env") or {}).items()):
+        extra = [p for p in _parts(name, value) if p not in _parts(name, allowed.get(name))]
+        if not extra:
+            continue
+        where = (seen.get("sources") or {}).get(name)
+        out.append("%s=%s%s (%s)" % (name, value if len(extra) == len(_parts(name, value)) else ":".join(extra),
+                                     " in %s's environment" % who if who else "",
+                                     "set in %s" % ", ".join(where) if where else _NO_SOURCE))
+    for entry in seen.get("customize") or ():
+        if entry.get("sha256") and clean.get(entry["path"]) == entry["sha256"]:
+            continue
+        if entry["path"].endswith(".pth"):
+            out.append(".pth file %s on sys.path outside the venv" % entry["path"])
+        else:
+            out.append("%s %s on sys.path outside the venv (runs at every start of the venv's Python)" % (
+                os.path.basename(entry["path"]).split(".")[0], entry["path"]))
+    return out
+
+
+def base_python_findings(section):
+    """The base interpreter against its package manager (probe.base_python): changed, missing
+    and foreign files by path, or why it could not be verified."""
+    if not section:
+        return []
+    found = ["%s: %s" % (f["path"], f["reason"]) for f in section.get("findings") or ()]
+    if section.get("error"):
+        found.append("could not be verified: %s" % section["error"])
+    return found
+
+
+def _runtime_of(facts):
+    runtime = facts.get("runtime")
+    if runtime is None:
+        return []
+    return runtime_findings(runtime, (facts.get("venv") or {}).get("realpath"), runtime.get("expected_env"),
+                            (facts.get("base_python") or {}).get("clean_customize"), runtime.get("user"))
+
+
 def fingerprint(facts):
     """sha256 over what makes two hosts interchangeable: Python, the installed packages, any
     file that differs from the venv's manifest, uv, the MPI stack (and whether its launch
@@ -190,6 +276,8 @@ def fingerprint(facts):
         ),
         "files": sorted("%s:%s" % (f["path"], f.get("actual", f["reason"])) for f in integrity_findings(facts)[0]),
         "integrity_errors": len(integrity_findings(facts)[1]),
+        # What the login environment and the base interpreter add: a host with any differs.
+        "runtime": sorted(_runtime_of(facts) + base_python_findings(facts.get("base_python"))),
         # The toolchain site.yml runs with: a host whose uv is another or broken is not interchangeable.
         "uv": [(facts.get("uv") or {}).get("version"), bool((facts.get("uv") or {}).get("error"))],
         "mpi": [
@@ -228,6 +316,8 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
         "python": check_python(python, lock),
         "uv": check_uv(facts.get("uv") or {}, uv_version) + uv_install_findings(uv_install),
         "cluster_files": cluster_file_findings(cluster_files),
+        "rank_env": _runtime_of(facts),
+        "base_python": base_python_findings(facts.get("base_python")),
     }
     # The integrity check fails for those too (JUnit), the problems name them once, as packages.
     also = ["%d file(s) of the packages reported above differ from the manifest" % explained] if explained else []
@@ -237,6 +327,9 @@ def evaluate(lock, facts, ignore=(), uv_version=None, smoke_test=True, cluster=N
     problems = []
     if not facts["venv"]["exists"]:
         problems.append("venv %s does not exist" % facts["venv"]["path"])
+    # First: what runs on the ranks besides the venv, whatever else differs.
+    problems += ["rank env: %s" % r for r in drift["rank_env"]]
+    problems += ["base python: %s" % r for r in drift["base_python"]]
     problems += ["missing %s==%s" % (m["name"], m["expected"]) for m in missing]
     problems += ["extra %s==%s" % (e["name"], e["version"]) for e in extra]
     problems += ["version %s: %s installed, %s locked" % (m["name"], m["installed"], m["expected"]) for m in mismatched]
@@ -356,15 +449,28 @@ def check_outcomes(facts, drift, integrity_errors, uv_checked, mpi_expected=True
         "mpi_smoke": smoke,
         "cluster_files": _outcome(drift["cluster_files"]) if files_checked
         else {"outcome": "skip", "message": "the cluster role's settings were not given"},
+        "rank_env": _outcome(drift["rank_env"]) if "runtime" in facts
+        else {"outcome": "skip", "message": "not collected by the probe"},
+        "base_python": _base_outcome(facts.get("base_python"), drift["base_python"]),
     }
 
 
+def _base_outcome(section, findings):
+    if section is None:
+        return {"outcome": "skip", "message": "not collected by the probe"}
+    outcome = _outcome(findings)
+    if not findings:
+        outcome["message"] = section.get("note") or "%s: %s verified" % (section.get("manager"), ", ".join(
+            section.get("packages") or ()))
+    return outcome
+
+
 CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host_key", "venv_missing",
-          "import_error", "flavor_mismatch", "env_differs", "rank_missing", "rank_failed")
+          "import_error", "flavor_mismatch", "rank_env", "env_differs", "rank_missing", "rank_failed")
 # A host whose rank was fine as far as it got, in a launch another host's failure brought down.
 ABORTED = "aborted"
 # Faults that bring a whole launch down (a rank whose environment differs still runs).
-_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "not_in_hostfile"])
+_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "rank_env", "not_in_hostfile"])
 GATE_FIELDS = ("lock_sha256", "venv_path", "python", "packages", "files", "bytes", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
@@ -605,8 +711,10 @@ def launch_errors(smoke):
     return found
 
 
-def judge_rank(rank, result, launcher, expected):
-    """``(cause, message)`` for one rank process, or (None, timings) when it is fine."""
+def judge_rank(rank, result, launcher, expected, allowed_env=None, user=None):
+    """``(cause, message)`` for one rank process, or (None, timings) when it is fine.
+    ``allowed_env``: the interpreter variables the launch set itself (the smoke's
+    ``rank_env_expected``); ``user``: whose environment the rank ran in."""
     ident, init, done = rank.get("id") or {}, rank.get("init"), rank.get("done")
     if ident.get("import_error"):
         return "import_error", "mpi4py does not import: %s" % ident["import_error"]
@@ -614,6 +722,10 @@ def judge_rank(rank, result, launcher, expected):
     if family(lib_flavor) != family(launcher.get("flavor")):
         return "flavor_mismatch", "the launcher is %s but the rank loaded %s" % (
             _flavor_text(launcher.get("flavor"), launcher.get("version")), _flavor_text(lib_flavor, lib_version))
+    found = runtime_findings(ident.get("runtime"), ident.get("prefix"), allowed_env,
+                             ((result or {}).get("base_python") or {}).get("clean_customize"), user)
+    if found:
+        return "rank_env", "; ".join(found)
     if result:
         differs = env_differences(ident, result)
         if differs:
@@ -732,7 +844,8 @@ def smoke_verdict(members, results, smoke, launch_host):
                     name, smoke.get("returncode"), "; the launch failed on %s" % ", ".join(blamed) if blamed else ""))
         else:
             for rank in ranks:
-                cause, message = judge_rank(rank, results[host], launcher, expected)
+                cause, message = judge_rank(rank, results[host], launcher, expected, smoke.get("rank_env_expected"),
+                                            smoke.get("user"))
                 if cause:
                     if cause == "flavor_mismatch" and outlier:
                         message += " (launched from %s: %s)" % (launch_host, outlier)

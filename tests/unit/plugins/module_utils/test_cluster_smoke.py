@@ -8,6 +8,7 @@ read-only or full is a view of it (a symlink) whose writes fail as the kernel wo
 
 import base64
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -494,3 +495,91 @@ def test_without_shared_dirs_the_ranks_get_no_plan_and_report_no_storage(tmp_pat
     out = cs.run(fake_cluster(tmp_path), dict(os.environ))
     assert out["returncode"] == 0 and "storage" not in out
     assert out["command"][-1].endswith("cluster.json") and "storage" not in out["ranks"][0]
+
+
+# -- issue 17: what the rank's environment adds to the venv's Python ------------------------
+
+def test_rank_script_names_modules_variables_their_startup_file_and_customize_files_outside_the_venv(tmp_path):
+    # A shadow numpy and a sitecustomize.py on PYTHONPATH, exported from ~/.bashrc: every
+    # rank reports where numpy and mpi4py came from, the variable and the line that set it.
+    shadow = tmp_path / "shadow"
+    (shadow / "numpy").mkdir(parents=True)
+    (shadow / "numpy" / "__init__.py").write_text("__version__ = 'shadow'\n")
+    (shadow / "sitecustomize.py").write_text("# runs at every start\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("# comment PYTHONPATH=/nowhere\nexport PYTHONPATH=%s\n[ -z \"$PS1\" ] && return\n"
+                                  % shadow)
+    site = tmp_path / "site"
+    (site / "mpi4py").mkdir(parents=True)
+    for name, text in FAKE_MPI4PY.items():
+        (site / "mpi4py" / name).write_text(text)
+    member = tmp_path / "cluster.json"
+    member.write_text(json.dumps({"host": "lab-9"}))
+    env = dict(os.environ, PYTHONPATH="%s:%s" % (shadow, site), HOME=str(home), LD_PRELOAD="",
+               OMPI_COMM_WORLD_SIZE="1", OMPI_COMM_WORLD_RANK="0")
+    done = subprocess.run([sys.executable, "-c", cs.RANK_SCRIPT, "lockstep-smoke-t", str(member)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    runtime = cs.parse_ranks(done.stdout)[0][0]["id"]["runtime"]
+    assert runtime["modules"] == {"numpy": str(shadow / "numpy" / "__init__.py"),
+                                  "mpi4py": str(site / "mpi4py" / "__init__.py"),
+                                  "mpi4py.MPI": str(site / "mpi4py" / "MPI.py")}
+    assert runtime["env"]["PYTHONPATH"] == "%s:%s" % (shadow, site) and "LD_PRELOAD" not in runtime["env"]
+    # The comment line is not a source; the export is, shown under ~ as the user sees it.
+    assert runtime["sources"]["PYTHONPATH"] == ["~/.bashrc:2"]
+    assert {"path": str(shadow / "sitecustomize.py"), "realpath": str(shadow / "sitecustomize.py"),
+            "sha256": hashlib.sha256(b"# runs at every start\n").hexdigest()} in runtime["customize"]
+    assert runtime["foreign"]["sitecustomize"] == str(shadow / "sitecustomize.py")
+    assert runtime["base"]["prefix"] == sys.base_prefix
+
+
+def test_pam_environment_reads_key_value_lines_as_pam_env_does(tmp_path):
+    path = tmp_path / "environment"
+    path.write_text('# comment\nPYTHONPATH="/opt/shadow"\nexport LD_PRELOAD=/lib/x.so\nnot a line\n1BAD=x\n'
+                    "PYTHONHOME='/opt/py'\n")
+    assert cs.pam_environment(str(path)) == {"PYTHONPATH": "/opt/shadow", "LD_PRELOAD": "/lib/x.so",
+                                             "PYTHONHOME": "/opt/py"}
+    assert cs.pam_environment(str(tmp_path / "none")) == {}
+
+
+def test_login_command_reads_etc_environment_then_bashrc_as_sshd_and_the_forwarded_variables_win(tmp_path):
+    import pwd
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("export PYTHONPATH=/from/bashrc LD_LIBRARY_PATH=/from/bashrc\n"
+                                  "case $- in *i*) ;; *) return;; esac\nexport PYTHONSTARTUP=/interactive-only\n")
+    pam = tmp_path / "environment"
+    pam.write_text("PYTHONUSERBASE=/from/pam\n")
+    me = pwd.getpwuid(os.geteuid())
+    user = pwd.struct_passwd((me.pw_name, "x", me.pw_uid, me.pw_gid, "", str(home), "/bin/bash"))
+    show = "import json, os; print(json.dumps(dict(os.environ)))"
+    argv, env = cs.login_command(user, [sys.executable, "-c", show], {"LD_LIBRARY_PATH": "/venv/lib"}, str(pam))
+    assert argv[:4] == ["/bin/bash", "-c", 'exec "$@"', "lockstep-login"]
+    result = proc.run(argv, env, 30)
+    assert result.rc == 0, result.err
+    seen = json.loads(result.out)
+    assert seen["PYTHONPATH"] == "/from/bashrc" and seen["PYTHONUSERBASE"] == "/from/pam"
+    assert seen["LD_LIBRARY_PATH"] == "/venv/lib"  # what the launcher forwards overrides the login's
+    assert "PYTHONSTARTUP" not in seen and "SSH_CLIENT" not in seen and seen["HOME"] == str(home)
+
+
+def test_run_reports_what_the_launch_sets_itself_and_each_ranks_runtime(tmp_path):
+    params = fake_cluster(tmp_path)
+    out = cs.run(params, dict(os.environ))
+    assert out["returncode"] == 0, out["stderr_tail"]
+    # PYTHONPATH is the launch's own here (environment): the verdict does not blame it; nor the
+    # library directories Open MPI adds for a launcher started by its absolute path.
+    prefix = os.path.dirname(str(tmp_path))
+    assert out["rank_env_expected"] == {"PYTHONPATH": str(tmp_path / "site"),
+                                        "LD_LIBRARY_PATH": "%s/lib:%s/lib64" % (prefix, prefix)}
+    runtime = out["ranks"][0]["id"]["runtime"]
+    assert runtime["modules"]["mpi4py"] == str(tmp_path / "site" / "mpi4py" / "__init__.py")
+    assert runtime["env"]["PYTHONPATH"] == str(tmp_path / "site")
+
+
+def test_the_launch_env_keeps_the_env_files_library_path_and_adds_open_mpis_prefix_only():
+    env = {"LD_LIBRARY_PATH": "/v/lib", "PYTHONPATH": "", "PATH": "/v/bin"}
+    openmpi = {"flavor": "openmpi", "path": "/usr/bin/mpiexec", "realpath": "/usr/bin/orterun"}
+    assert cs.launch_env(env, openmpi) == {"LD_LIBRARY_PATH": "/v/lib:/usr/lib:/usr/lib64"}
+    assert cs.launch_env({}, {"flavor": "mpich", "path": "/usr/bin/mpiexec"}) == {}

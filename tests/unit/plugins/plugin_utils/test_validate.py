@@ -1022,3 +1022,112 @@ def test_recorded_lab_run_with_a_minimum_above_the_free_space_names_the_shared_v
     assert [found["hosts"][h]["/srv/shared/data"]["status"] for h in HOSTS] == ["low_space"] * 3
     assert found["hosts"]["lab-3"]["/srv/shared/data"]["message"].endswith("required (ext4 /dev/vda)")
     assert recorded_storage(min_free=free - (1 << 30))["hosts"]["lab-3"]["/srv/shared/data"]["status"] == "ok"
+
+
+# -- issue 17: what the ranks really run ---------------------------------------------------------
+
+SHADOW_RUNTIME = {
+    "modules": {"numpy": "/opt/shadow/numpy/__init__.py", "mpi4py": "/v/lib/python3.11/site-packages/mpi4py/__init__.py",
+                "mpi4py.MPI": "/v/lib/python3.11/site-packages/mpi4py/MPI.openmpi.cpython-311-x86_64-linux-gnu.so"},
+    "foreign": {"numpy": "/opt/shadow/numpy/__init__.py", "numpy.core": "/opt/shadow/numpy/core.py",
+                "sitecustomize": "/etc/python3.11/sitecustomize.py"},
+    "env": {"PYTHONPATH": "/opt/shadow", "LD_LIBRARY_PATH": "/v/lib:/opt/evil/lib"},
+    "sources": {"PYTHONPATH": ["/etc/environment:1"], "LD_LIBRARY_PATH": []},
+    "customize": [{"path": "/usr/lib/python3.11/sitecustomize.py", "realpath": "/etc/python3.11/sitecustomize.py",
+                   "sha256": "a" * 64},
+                  {"path": "/opt/shadow/sitecustomize.py", "realpath": "/opt/shadow/sitecustomize.py", "sha256": "b" * 64},
+                  {"path": "/opt/shadow/zz.pth", "realpath": "/opt/shadow/zz.pth", "sha256": "c" * 64}],
+}
+DEBIAN_OWN = {"/usr/lib/python3.11/sitecustomize.py": "a" * 64}
+
+
+def test_runtime_findings_name_modules_variables_with_their_source_and_foreign_customize_files():
+    found = cv.runtime_findings(SHADOW_RUNTIME, "/v", {"LD_LIBRARY_PATH": "/v/lib"}, DEBIAN_OWN, "bench")
+    assert found == [
+        "numpy imported from /opt/shadow/numpy/__init__.py, outside the venv /v",
+        # Only what the launch does not set itself, and where it came from when a file says so.
+        "LD_LIBRARY_PATH=/opt/evil/lib in bench's environment (%s)" % cv._NO_SOURCE,
+        "PYTHONPATH=/opt/shadow in bench's environment (set in /etc/environment:1)",
+        "sitecustomize /opt/shadow/sitecustomize.py on sys.path outside the venv (runs at every start of the venv's Python)",
+        ".pth file /opt/shadow/zz.pth on sys.path outside the venv",
+    ]
+    # Debian's own sitecustomize, unchanged, is accepted; once changed it is named.
+    changed = cv.runtime_findings(SHADOW_RUNTIME, "/v", {}, {"/usr/lib/python3.11/sitecustomize.py": "d" * 64})
+    assert ("sitecustomize /usr/lib/python3.11/sitecustomize.py on sys.path outside the venv (runs at every start "
+            "of the venv's Python)") in changed
+    assert cv.runtime_findings({"error": "the venv's Python as bench: exit 1"}, "/v") == [
+        "could not be checked: the venv's Python as bench: exit 1"]
+    assert cv.runtime_findings(None, "/v") == []
+
+
+def test_a_hosts_own_login_environment_and_base_interpreter_are_drift_named_first():
+    facts = host_facts(copy.deepcopy(CLEAN))
+    clean = validate.evaluate(parse_lock(LOCK, "lock.txt"), copy.deepcopy(facts))
+    facts["runtime"] = dict(SHADOW_RUNTIME, user="bench", expected_env={"LD_LIBRARY_PATH": "/v/lib"})
+    facts["base_python"] = {"manager": "dpkg", "packages": ["libpython3.11-minimal:amd64"],
+                            "findings": [{"path": "/usr/lib/python3.11/os.py", "reason": "changed (??5??????)"}],
+                            "clean_customize": DEBIAN_OWN}
+    report = validate.evaluate(parse_lock(LOCK, "lock.txt"), facts)
+    assert report["status"] == "drift"
+    assert report["problems"][0] == "rank env: numpy imported from /opt/shadow/numpy/__init__.py, outside the venv /v"
+    assert "rank env: PYTHONPATH=/opt/shadow in bench's environment (set in /etc/environment:1)" in report["problems"]
+    assert "base python: /usr/lib/python3.11/os.py: changed (??5??????)" in report["problems"]
+    assert report["checks"]["rank_env"]["outcome"] == "fail" and "PYTHONPATH" in report["checks"]["rank_env"]["message"]
+    assert report["checks"]["base_python"] == {"outcome": "fail", "message": "/usr/lib/python3.11/os.py: changed (??5??????)"}
+    assert report["fingerprint"] != clean["fingerprint"]
+    # Facts of a probe that did not collect them: skipped, said so; a clean base says what it verified.
+    assert clean["checks"]["rank_env"] == {"outcome": "skip", "message": "not collected by the probe"}
+    facts["base_python"]["findings"] = []
+    assert validate.evaluate(parse_lock(LOCK, "lock.txt"), facts)["checks"]["base_python"] == {
+        "outcome": "pass", "message": "dpkg: libpython3.11-minimal:amd64 verified"}
+
+
+def with_rank_runtime(case, host, runtime):
+    rank = next(r for r in case["smoke"]["ranks"] if r["id"]["hostname"] == host)
+    rank["id"]["runtime"] = runtime
+    return case
+
+
+def test_a_rank_with_pythonpath_from_bashrc_fails_its_host_with_the_variable_and_the_file():
+    case = load("ok")
+    prefix = next(r for r in case["smoke"]["ranks"] if r["id"]["hostname"] == "lab-2")["id"]["prefix"]
+    runtime = {"modules": {"numpy": prefix + "/lib/python3.11/site-packages/numpy/__init__.py"},
+               "env": {"PYTHONPATH": "/home/bench/shadow"}, "sources": {"PYTHONPATH": ["~/.bashrc:1"]}}
+    with_rank_runtime(case, "lab-2", runtime)
+    case["smoke"]["user"] = "bench"
+    verdict = judge(case)
+    assert statuses(verdict) == {"lab-1": "ok", "lab-2": "rank_env", "lab-3": "ok"}
+    assert "lab-2: rank_env: PYTHONPATH=/home/bench/shadow in bench's environment (set in ~/.bashrc:1)" \
+        in verdict["problems"]
+    assert verdict["passed"] is False
+    # What the launch sets itself (lockstep.env, environment) is not the rank's environment's doing.
+    case["smoke"]["rank_env_expected"] = {"PYTHONPATH": "/home/bench/shadow"}
+    assert judge(case)["passed"] is True
+
+
+def test_a_rank_importing_a_shadow_mpi4py_is_named_before_its_environment_differs_and_reaches_every_report():
+    case = load("ok")
+    rank = next(r for r in case["smoke"]["ranks"] if r["id"]["hostname"] == "lab-3")
+    rank["id"]["mpi4py"] = "0.0.1"  # what the shadow says it is: the host's own report differs too
+    rank["id"]["runtime"] = {"modules": {"mpi4py": "/etc/lmod/py/mpi4py/__init__.py",
+                                         "mpi4py.MPI": "/etc/lmod/py/mpi4py/MPI.cpython-311-x86_64-linux-gnu.so"},
+                             "env": {"PYTHONPATH": "/etc/lmod/py"}, "sources": {}}
+    probes, lock = fixture_probes(case)
+    launches = [{"launched": True, "launch_host": case["launch_host"], "members": case["members"],
+                 "smoke": case["smoke"], "election": cv.elect(HOSTS, dict((h, p["validate"]) for h, p in probes.items()))}]
+    verdict = cv.judge(HOSTS, probes, lock, {"path": "lock.txt", "sha256": lock.sha256}, launches, cluster_smoke=True)
+    line = next(p for p in verdict["problems"] if p.startswith("lab-3: rank_env: "))
+    assert "lab-3: drift: mpi smoke test: cluster smoke test: rank_env: mpi4py imported" in verdict["problems"][0]
+    assert line.startswith("lab-3: rank_env: mpi4py imported from /etc/lmod/py/mpi4py/__init__.py, outside the venv ")
+    assert "PYTHONPATH=/etc/lmod/py in %s's environment (%s)" % (case["smoke"]["user"], cv._NO_SOURCE) in line
+    assert verdict["cluster"]["failed_hosts"] == ["lab-3"]
+    built = validate_report.build("t", verdict)
+    assert "- " + line in built["summary_md"]
+    cluster_json = validate_report.cluster_json(verdict)
+    assert cluster_json["smoke"]["hosts"]["lab-3"]["status"] == "rank_env"
+    junit = ET.fromstring(built["junit_xml"].split("\n", 1)[1])
+    smoke = junit.find(".//testsuite[@name='cluster']/testcase[@classname='lab-3'][@name='smoke']/failure")
+    assert smoke.get("message").startswith("rank_env: mpi4py imported from /etc/lmod/py/mpi4py/__init__.py")
+    # Every host lists the two new checks (skipped: these probes did not collect them).
+    names = [c.get("name") for c in junit.findall(".//testsuite[@name='lockstep.validate']/testcase[@classname='lab-1']")]
+    assert names[-3:] == ["rank_env", "base_python", "consistency"]
