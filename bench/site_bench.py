@@ -19,7 +19,8 @@ rounds' ratios (a busy moment slows both sides of a pair).
 
 Usage: python bench/site_bench.py [--runs N] [--sizes 3,12] [--keep]
 Needs the lab's requirements (make lab-up works) and the controller venv on PATH; run it
-under `flock /tmp/lockstep-heavy.lock`. Bigger labs are brought down again unless --keep.
+under the lock your other container jobs take (`flock /tmp/lockstep-podman.lock`). Bigger
+labs are brought down again unless --keep.
 Results: bench/results/site-bench.{json,md}. Times are wall-clock medians.
 """
 

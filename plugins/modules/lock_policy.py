@@ -50,14 +50,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Only reads the lockfile, so check mode runs the same checks.
+    description: Only reads the lockfile, so check mode runs the same checks.
   diff_mode:
     support: none
-    details: Nothing is changed, so there is nothing to diff.
+    description: Nothing is changed, so there is nothing to diff.
   platform:
     support: full
     platforms: all
-    details: Runs on the controller; the target's platform does not matter.
+    description: Runs on the controller; the target's platform does not matter.
   action:
     support: full
     description: Implemented by an action plugin that runs on the controller.

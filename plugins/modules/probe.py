@@ -92,7 +92,7 @@ options:
       - Roles of this collection whose variables are checked here, on the controller, against their
         C(meta/argument_specs.yml) as the roles' own argument check would (same messages, prefixed
         with the role), before the host is asked. For a play that runs those roles with
-        C(rolespec_validate=false), as C(site.yml) does: one task instead of one per role and host.
+        C(rolespec_validate=false), as C(site.yml) does (one task instead of one per role and host).
     type: list
     elements: str
     default: []
