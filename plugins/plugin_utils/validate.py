@@ -461,6 +461,14 @@ def _shown_value(field, value, reference):
     return value
 
 
+def _compared(field, hosts, raw, reference):
+    """The hosts a field is compared on: bytes only where the venv path is the reference's
+    (the path is inside bytecode and scripts; the venv_path disagreement already names it)."""
+    if field != "bytes":
+        return hosts
+    return [h for h in hosts if raw[h]["venv_path"] == reference.get("venv_path")]
+
+
 def gate(hosts, results):
     """The one cross-host comparison: the checked hosts must agree on GATE_FIELDS (lock, venv
     path, Python, the installed packages, files that differ from the manifest, the MPI library
@@ -471,14 +479,15 @@ def gate(hosts, results):
     raw = {h: {f: _value(results[h], f) for f in GATE_FIELDS} for h in checked}
     reference = {}
     for field in GATE_FIELDS:
-        counts = Counter(raw[h][field] for h in checked)
+        among = _compared(field, checked, raw, reference)
+        counts = Counter(raw[h][field] for h in among)
         if counts:
             top = max(counts.values())
-            reference[field] = next(raw[h][field] for h in checked if counts[raw[h][field]] == top)
+            reference[field] = next(raw[h][field] for h in among if counts[raw[h][field]] == top)
     disagreements = {}
     for host in checked:
         for field in GATE_FIELDS:
-            if raw[host][field] != reference.get(field):
+            if host in _compared(field, [host], raw, reference) and raw[host][field] != reference.get(field):
                 shown_ref = "%d package(s)" % len(reference[field]) if field == "packages" else \
                     "%d changed file(s)" % len(reference[field]) if field == "files" else \
                     "%d package digest(s)" % len(reference[field] or ()) if field == "bytes" else reference[field]

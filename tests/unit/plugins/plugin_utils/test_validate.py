@@ -852,6 +852,23 @@ def test_same_lock_same_bytes_names_the_host_and_the_packages_whose_files_differ
     assert list(found["disagreements"]) == ["lab-3"]
 
 
+def test_a_host_with_another_venv_path_is_named_for_the_path_not_its_bytes():
+    # The path is inside the venv's bytecode and scripts: its digest differs as a consequence.
+    hosts, results = gate_case()
+    results = copy.deepcopy(results)
+    for host in hosts:
+        results[host]["integrity"] = {"content_digest": {"sha256": "s", "by_package": {"numpy": "n1"}}}
+    results["lab-3"]["venv"]["path"] = "/opt/elsewhere"
+    results["lab-3"]["integrity"]["content_digest"]["by_package"]["numpy"] = "compiled-for-elsewhere"
+    found = cv.gate(hosts, results)
+    assert found["disagreements"] == {"lab-3": [{"field": "venv_path", "value": "/opt/elsewhere",
+                                                 "reference": results["lab-1"]["venv"]["path"]}]}
+    # A host on the reference path whose bytes differ is still named.
+    results["lab-2"]["integrity"]["content_digest"]["by_package"]["numpy"] = "poisoned"
+    found = cv.gate(hosts, results)
+    assert [d["field"] for d in found["disagreements"]["lab-2"]] == ["bytes"]
+
+
 GIB = 1 << 30
 NFS = {"fstype": "nfs4", "source": "nas:/export/data", "mountpoint": "/data", "mount_options": "rw,relatime"}
 
