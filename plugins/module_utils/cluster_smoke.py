@@ -484,17 +484,20 @@ def stragglers(hosts, user, env, token, timeout, me=None, started=None, launcher
 
     Ranks carry the token on their command line. The launcher's daemons (orted, prted,
     hydra_pmi_proxy) do not: with ``started`` (when the launch began) and ``launcher_ids`` (this
-    host's names and addresses, which their command line carries to call back), a daemon of the
-    user that started since the launch began and names this launcher is this launch's."""
+    host's names and addresses, which their command line carries to call back), a process of the
+    user whose command line runs such a daemon (the daemon, or an ssh that starts one on the
+    next host), that started since the launch began and names this launcher, is this launch's."""
     # "[l]ockstep-…" matches the ranks' command lines but not this shell's own.
     script = "pids=$(pgrep -u %d -f '[%s]%s'); " % (user.pw_uid, token[0], token[1:])
     ids = [i for i in launcher_ids if i and re.match(r"^[A-Za-z0-9_.:%-]+$", i)]
     if started is not None and ids:
         window = int(time.time() - started) + 2  # elapsed seconds: no clock shared between hosts
-        script += ("for p in $(pgrep -u %d -x '%s'); do e=$(ps -o etimes= -p $p) && [ \"$e\" -le %d ] && "
+        # By command line, not name: a daemon's own ssh to the next host (Open MPI's tree spawn)
+        # carries the daemon's command too. "[o]rted" keeps this shell's own line out.
+        script += ("for p in $(pgrep -u %d -f '%s'); do e=$(ps -o etimes= -p $p) && [ \"$e\" -le %d ] && "
                    "tr '\\0' ' ' < /proc/$p/cmdline | grep -qF %s && pids=\"$pids $p\"; done; "
-                   % (user.pw_uid, "|".join(n for names in DAEMONS.values() for n in names), window,
-                      " ".join("-e %s" % shlex.quote(i) for i in ids)))
+                   % (user.pw_uid, "|".join("[%s]%s" % (n[0], n[1:]) for names in DAEMONS.values() for n in names),
+                      window, " ".join("-e %s" % shlex.quote(i) for i in ids)))
     script += "[ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
 
     def sweep(host):
