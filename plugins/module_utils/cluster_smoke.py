@@ -495,9 +495,9 @@ def stragglers(hosts, user, env, token, timeout, me=None, started=None, launcher
         # By command line, not name: a daemon's own ssh to the next host (Open MPI's tree spawn)
         # carries the daemon's command too. "[o]rted" keeps this shell's own line out.
         script += ("for p in $(pgrep -u %d -f '%s'); do e=$(ps -o etimes= -p $p) && [ \"$e\" -le %d ] && "
-                   "tr '\\0' ' ' < /proc/$p/cmdline | grep -qF %s && pids=\"$pids $p\"; done; "
+                   "tr '\\0' ' ' < /proc/$p/cmdline | grep -qE %s && pids=\"$pids $p\"; done; "
                    % (user.pw_uid, "|".join("[%s]%s" % (n[0], n[1:]) for names in DAEMONS.values() for n in names),
-                      window, " ".join("-e %s" % shlex.quote(i) for i in ids)))
+                      window, shlex.quote(_whole_words(ids))))
     script += "[ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
 
     def sweep(host):
@@ -510,6 +510,12 @@ def stragglers(hosts, user, env, token, timeout, me=None, started=None, launcher
         return pids or None
 
     return on_each(hosts, sweep)
+
+
+def _whole_words(ids):
+    """An ERE matching any of ``ids`` (names, addresses) as a whole: 10.0.0.5, not 10.0.0.50."""
+    edge = "[^A-Za-z0-9_.-]"
+    return "(^|%s)(%s)(%s|$)" % (edge, "|".join(i.replace(".", "\\.") for i in ids), edge)
 
 
 def resolve(names):

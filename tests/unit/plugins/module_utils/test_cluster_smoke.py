@@ -277,18 +277,19 @@ def test_stragglers_take_the_daemons_this_launcher_started_and_leave_the_others(
     time.sleep(3.3)
     began = time.time()
     ours, theirs = start("2.0;tcp://10.9.8.7:4343"), start("3.0;tcp://10.1.1.1:4444")
+    near = start("4.0;tcp://10.9.8.70:4545")  # another launcher whose address only begins like ours
     # The daemon's own ssh starting the next host's daemon (Open MPI's tree spawn): not named orted.
     spawn = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab-3",
                               "/usr/bin/orted -mca orte_hnp_uri 2.0;tcp://10.9.8.7:4343"], start_new_session=True)
     try:
         time.sleep(0.3)
         found = cs.stragglers(["me"], user, dict(os.environ), "lockstep-smoke-none", 5, me="me", started=began,
-                              launcher_ids=["me", "10.9.8.7"])
+                              launcher_ids=["launcher-9.test", "10.9.8.7"])
         assert found == {"me": sorted([ours.pid, spawn.pid])}
         assert ours.wait(timeout=10) == -9 and spawn.wait(timeout=10) == -9
-        assert old.poll() is None and theirs.poll() is None
+        assert old.poll() is None and theirs.poll() is None and near.poll() is None
     finally:
-        for child in (old, ours, theirs, spawn):
+        for child in (old, ours, theirs, spawn, near):
             if child.poll() is None:
                 child.kill()
                 child.wait()
