@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Launch one MPI job across the cluster: elect the launching host among the members the
 controller checked (plugin_utils.validate.elect, the rule the verdict blames by), and run the
-launch there only; every other host skips without a round trip. The verdict is
+launch there only; every other host skips without a round trip. A member that is a machine
+already listed under another inventory name (same SSH host key in the facts) is left out of
+the election and the launch, and marked for the verdict. The verdict is
 lockstep.cluster.validate's."""
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.lockstep.cluster.plugins.module_utils.cluster_smoke import ARGUMENT_SPEC, storage_plan
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.cluster import address_and_aliases
-from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import checked, elect
+from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import checked, elect, same_machines
 
 MODULE = "lockstep.cluster.cluster_smoke"
 
 
 def describe_members(names, hostvars):
     """``[{"host", "name", "aliases"}]``: the name the hostfile gives each member and every
-    name it may report (the cluster role's own rule)."""
-    out = []
+    name it may report (the cluster role's own rule); a machine listed again under another
+    name also has ``same_as`` (the first name) and ``same_by`` (the evidence)."""
+    out, addresses, host_facts = [], {}, {}
     for name in names:
-        address, aliases = address_and_aliases(name, hostvars.get(name) or {})
+        values = hostvars.get(name) or {}
+        address, aliases = address_and_aliases(name, values)
         out.append({"host": name, "name": address, "aliases": aliases})
+        addresses[name] = str(values.get("ansible_host") or address)
+        host_facts[name] = values.get("ansible_facts") or {}
+    again = same_machines(names, host_facts, addresses)
+    for entry in out:
+        entry.update(again.get(entry["host"], {}))
     return out
 
 
@@ -48,6 +57,8 @@ class ActionModule(ActionBase):
             value = (hostvars.get(m["host"]) or {}).get(args["probe_var"]) if args["probe_var"] else {"validate": {}}
             value = self._templar.template(value) if value is not None else None
             facts[m["host"]] = value["validate"] if checked(value) or not args["probe_var"] else None
+            if m.get("same_as"):
+                facts[m["host"]] = None  # one machine launches and votes once, under its first name
         election = elect(args["members"], facts)
         result.update(changed=False, launch_host=election["host"], election=election)
         if election["host"] != me:

@@ -3,8 +3,13 @@
 """The cluster smoke test, run on the launching host: one ``mpiexec`` across the cluster, as the
 benchmark user, with the venv's own Python on every rank (stdlib only).
 
-Before the launch, one BatchMode ``ssh <host> true`` per host (in parallel) names the hosts
-SSH cannot reach, or whose host key does not match; the launch then covers the others. Each
+Before the launch, every name of the hostfile is resolved here (an unresolvable one is left out
+and named), and one BatchMode ``ssh <host> true`` per host (in parallel) names the hosts SSH
+cannot reach, or whose host key does not match; the launch then covers the others. Only when a
+launch times out or loses ranks: a one-shot TCP listener on each member (over that SSH) and a
+connect from here name the host whose inbound TCP is blocked, and the launch's processes still
+alive on any host (ranks by the launch's token, the launcher's daemons by their start time and
+the launcher's address) are killed. Each
 rank prints who it is before ``MPI_Init`` (host, venv, Python, mpi4py, the libmpi it loaded,
 what its launcher told it, what its environment adds to the interpreter: RUNTIME_SCRIPT) and, after an allreduce and a ring exchange, what it saw. The
 controller judges all of it (plugin_utils.validate); this side only collects.
@@ -19,9 +24,11 @@ import json
 import os
 import pwd
 import re
+import select
 import shlex
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -644,13 +651,27 @@ def parse_ranks(stdout):
     return [ranks[k] for k in sorted(ranks)], other
 
 
-def stragglers(hosts, user, env, token, timeout, me=None):
-    """After a failed launch: the processes of this launch still alive on each host (by the
-    token on their command line), killed by pid. ``{host: [pids]}`` of what was found; this
-    host (``me``) is swept without SSH."""
+def stragglers(hosts, user, env, token, timeout, me=None, started=None, launcher_ids=()):
+    """After a failed launch: the processes of this launch still alive on each host, killed by
+    pid. ``{host: [pids]}`` of what was found; this host (``me``) is swept without SSH.
+
+    Ranks carry the token on their command line. The launcher's daemons (orted, prted,
+    hydra_pmi_proxy) do not: with ``started`` (when the launch began) and ``launcher_ids`` (this
+    host's names and addresses, which their command line carries to call back), a process of the
+    user whose command line runs such a daemon (the daemon, or an ssh that starts one on the
+    next host), that started since the launch began and names this launcher, is this launch's."""
     # "[l]ockstep-…" matches the ranks' command lines but not this shell's own.
-    script = ("pids=$(pgrep -u %d -f '[%s]%s'); [ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
-              % (user.pw_uid, token[0], token[1:]))
+    script = "pids=$(pgrep -u %d -f '[%s]%s'); " % (user.pw_uid, token[0], token[1:])
+    ids = [i for i in launcher_ids if i and re.match(r"^[A-Za-z0-9_.:%-]+$", i)]
+    if started is not None and ids:
+        window = int(time.time() - started) + 2  # elapsed seconds: no clock shared between hosts
+        # By command line, not name: a daemon's own ssh to the next host (Open MPI's tree spawn)
+        # carries the daemon's command too. "[o]rted" keeps this shell's own line out.
+        script += ("for p in $(pgrep -u %d -f '%s'); do e=$(ps -o etimes= -p $p) && [ \"$e\" -le %d ] && "
+                   "tr '\\0' ' ' < /proc/$p/cmdline | grep -qE %s && pids=\"$pids $p\"; done; "
+                   % (user.pw_uid, "|".join("[%s]%s" % (n[0], n[1:]) for names in DAEMONS.values() for n in names),
+                      window, shlex.quote(_whole_words(ids))))
+    script += "[ -z \"$pids\" ] || { echo $pids; kill -KILL $pids; }"
 
     def sweep(host):
         if host == me:
@@ -662,6 +683,154 @@ def stragglers(hosts, user, env, token, timeout, me=None):
         return pids or None
 
     return on_each(hosts, sweep)
+
+
+def _whole_words(ids):
+    """An ERE matching any of ``ids`` (names, addresses) as a whole: 10.0.0.5, not 10.0.0.50."""
+    edge = "[^A-Za-z0-9_.-]"
+    return "(^|%s)(%s)(%s|$)" % (edge, "|".join(i.replace(".", "\\.") for i in ids), edge)
+
+
+def resolve(names):
+    """``{name: {"addresses": [...]} | {"error": ...}}``: each name as this host resolves it
+    (in parallel; getaddrinfo, what ssh and the launcher do first)."""
+    def one(name):
+        try:
+            found = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            return {"error": str(exc)}
+        return {"addresses": sorted(set(info[4][0] for info in found))}
+    return on_each(names, one)
+
+
+# The inbound TCP check after a failed launch (ranks that never connected): a listener on one
+# host, a connect from another, both bounded (CONNECT_TIMEOUT), both through python3 or the venv's.
+CONNECT_TIMEOUT = 5
+LISTEN_SCRIPT = r"""
+import socket, sys
+try:
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+except (OSError, AttributeError):
+    s = socket.socket()
+    s.bind(("", 0))
+s.listen(1)
+sys.stdout.write("%d\n" % s.getsockname()[1])
+sys.stdout.flush()
+s.settimeout(float(sys.argv[1]))
+try:
+    s.accept()[0].close()
+    sys.stdout.write("accepted\n")
+except socket.timeout:
+    sys.stdout.write("no connection\n")
+"""
+CONNECT_SCRIPT = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()
+    sys.stdout.write("connected\n")
+except socket.timeout:
+    sys.stdout.write("timed out after %ss\n" % sys.argv[3])
+except OSError as exc:
+    sys.stdout.write("was refused\n" if exc.errno == 111 else "failed: %s\n" % (exc.strerror or exc))
+"""
+
+
+def _remote_python(script, python, *args):
+    """Shell code running ``script`` with python3, else the venv's Python (on every member)."""
+    return "p=$(command -v python3 || echo %s); exec \"$p\" -c %s %s" % (
+        shlex.quote(python), shlex.quote(script), " ".join(shlex.quote(str(a)) for a in args))
+
+
+def _connect(name, port, limit):
+    """``None`` when a TCP connection to ``name:port`` opens within ``limit`` seconds, else why."""
+    try:
+        socket.create_connection((name, port), limit).close()
+        return None
+    except socket.timeout:
+        return "timed out after %ss" % limit
+    except ConnectionRefusedError:
+        return "was refused"
+    except OSError as exc:
+        return "failed: %s" % (exc.strerror or exc)
+
+
+def inbound_remote(host, me, user, env, timeout, python, limit=CONNECT_TIMEOUT):
+    """A one-shot listener on ``host`` (port 0, over SSH), a connect to it from here:
+    ``{"ok", "port", "from", "seconds", "error"}``; ``ok`` None when no listener started."""
+    began = time.time()
+    argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, host,
+                    _remote_python(LISTEN_SCRIPT, python, limit + 2)], user)
+    entry = {"ok": None, "port": None, "from": me}
+    try:
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 env=env, start_new_session=True)
+    except OSError as exc:
+        entry.update(error="cannot run ssh: %s" % exc, seconds=0.0)
+        return entry
+    line = ""
+    if select.select([child.stdout], [], [], timeout + 5)[0]:
+        line = child.stdout.readline().decode("utf-8", "replace").strip()
+    if line.isdigit():
+        entry["port"] = int(line)
+        why = _connect(host, entry["port"], limit)
+        entry["ok"] = why is None
+        if why:
+            entry["error"] = "TCP to %s:%d from %s %s" % (host, entry["port"], me, why)
+    try:  # the listener ends by itself (accepted, or its own limit)
+        dummy, err = child.communicate(timeout=limit + 5)
+    except subprocess.TimeoutExpired:
+        proc.kill_group(child.pid)
+        dummy, err = child.communicate()
+    if entry["port"] is None:
+        entry["error"] = "no listener started on %s: %s" % (
+            host, proc.tail(err.decode("utf-8", "replace"), 2) or line or "no answer in %ss" % (timeout + 5))
+    entry["seconds"] = round(time.time() - began, 3)
+    return entry
+
+
+def inbound_local(me, peer, user, env, timeout, python, limit=CONNECT_TIMEOUT):
+    """This (launching) host's own inbound TCP: a listener here, a connect to it from ``peer``
+    over SSH. Same shape as inbound_remote's, ``from`` being the peer."""
+    began = time.time()
+    entry = {"ok": None, "port": None, "from": peer}
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+    except (OSError, AttributeError):
+        listener = socket.socket()
+        listener.bind(("", 0))
+    try:
+        listener.listen(1)
+        entry["port"] = listener.getsockname()[1]
+        argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, peer,
+                        _remote_python(CONNECT_SCRIPT, python, me, entry["port"], limit)], user)
+        result = proc.run(argv, env, timeout + limit + 5)
+        said = (result.out or "").strip()
+        if result.rc != 0 or not said:
+            entry["error"] = "could not try from %s: %s" % (peer, proc.tail(result.err, 2) or proc.describe(result, "ssh"))
+        else:
+            entry["ok"] = said == "connected"
+            if not entry["ok"]:
+                entry["error"] = "TCP to %s:%d from %s %s" % (me, entry["port"], peer, said)
+    finally:
+        listener.close()
+    entry["seconds"] = round(time.time() - began, 3)
+    return entry
+
+
+def inbound(hosts, me, user, env, timeout, python):
+    """Who can be reached over TCP after a launch whose ranks never connected: every other host
+    from here, and this host from the first other one that could be reached. ``{host: entry}``
+    (inbound_remote's); costs one SSH and a connect per host, so only on failure."""
+    others = [h for h in hosts if h != me]
+    found = on_each(others, lambda host: inbound_remote(host, me, user, env, timeout, python))
+    peer = next((h for h in others if found.get(h, {}).get("ok")), None)
+    if me in hosts and peer:
+        found[me] = inbound_local(me, peer, user, env, timeout, python)
+    return found
 
 
 def own_name(hostfile):
@@ -715,6 +884,12 @@ def run(params, base_env):
     out["launcher"] = launcher
     # The launcher starts its own host's rank without SSH: no login to itself is needed.
     me = own_name(params["hostfile"])
+    # Every name first: one that does not resolve here is named and left out, and the launch
+    # runs across the others (a launcher aborts the whole job on a name it cannot resolve, so
+    # keeping it would only blame every host again).
+    out["resolved"] = resolve(sorted(set(wanted + [n for n, dummy in chosen])))
+    out["unresolved"] = dict((n, r["error"]) for n, r in out["resolved"].items() if "error" in r)
+    chosen = [(n, line) for n, line in chosen if n not in out["unresolved"]]
     remote = [n for n, dummy in chosen if n != me]
     probe = daemon_probe(launcher.get("flavor"), os.path.dirname(launcher.get("realpath") or "/usr/bin"))
     out["preflight"] = preflight(remote, user, env, params["ssh_timeout"], probe, launcher.get("flavor")) \
@@ -725,7 +900,7 @@ def run(params, base_env):
         out.update(stage="venv", error="%s is not an executable on the launching host" % python)
         return out
     if not launch:
-        out.update(stage="preflight", error="no host of the hostfile passed the SSH check")
+        out.update(stage="preflight", error="no host of the hostfile resolved and passed the SSH check")
         return out
     if not launcher.get("path") or launcher.get("flavor") not in ("openmpi", "mpich"):
         out.update(stage="launcher", error=launcher.get("error") or "cannot tell the launcher's flavor")
@@ -760,6 +935,12 @@ def run(params, base_env):
     out["expected_ranks"] = len(launch)
     out["rank_env_expected"] = launch_env(env, launcher)
     if result.timed_out or result.rc != 0:
-        out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me)
+        ids = [me, socket.gethostname()] + (out["resolved"].get(me) or {}).get("addresses", [])
+        out["stragglers"] = stragglers(out["launched_hosts"], user, env, token, params["ssh_timeout"], me,
+                                       started, ids)
+        finished = len([r for r in out["ranks"] if "done" in r])
+        if result.timed_out or finished < len(launch):
+            # Ranks that never connected: whose inbound TCP is blocked (only now: no cost on success).
+            out["inbound"] = inbound(out["launched_hosts"], me, user, env, params["ssh_timeout"], python)
     out["total_seconds"] = round(time.time() - begun, 3)
     return out

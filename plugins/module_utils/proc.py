@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one subprocess runner and PATH search every module uses (stdlib only).
 
-Every child runs in its own session so a timeout kills the whole process group (mpiexec
-leaves ranks behind, uv leaves build backends), and a child killed by a signal says so.
+Every child runs in its own session so a timeout kills the whole process group and every
+other process of that session (mpiexec leaves ranks behind and puts its ssh clients in groups
+of their own, uv leaves build backends), and a child killed by a signal says so.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -63,13 +64,20 @@ def run(argv, env=None, timeout=None, cwd=None, grace=None):
                 out, err = proc.communicate(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        kill_group(proc.pid)  # stragglers of the group too
+        kill_session(proc.pid)  # stragglers of the group, and of the session outside it
         if out is None:
-            out, err = proc.communicate()
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                # Only a process that left the session (setsid) can still hold the pipes: never wait for it.
+                for stream in (proc.stdout, proc.stderr):
+                    stream.close()
+                proc.wait()
+                out, err = "", "(output lost: a process outside the session kept it open)"
         return Result(None, out, err, round(time.time() - start, 3), True)
     except BaseException:
         # The module itself is being stopped (SIGTERM -> SystemExit): take the children along.
-        kill_group(proc.pid)
+        kill_session(proc.pid)
         raise
     return Result(proc.returncode, out, err, round(time.time() - start, 3), False)
 
@@ -79,6 +87,34 @@ def kill_group(pid, sig=signal.SIGKILL):
         os.killpg(pid, sig)
     except OSError:
         pass
+
+
+def session_members(sid, proc_dir="/proc"):
+    """Pids of the session ``sid`` (field 6 of /proc/PID/stat), whatever their process group."""
+    found = []
+    for name in os.listdir(proc_dir):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_dir, name, "stat")) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                found.append(int(name))
+        except (IOError, OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def kill_session(sid, sig=signal.SIGKILL):
+    """``sig`` to the group ``sid`` and to every process of the session ``sid``: a child that
+    made a group of its own (Open MPI's ssh to each host does) still holds the output pipes
+    and, through them, the remote daemons; only the session still names it."""
+    kill_group(sid, sig)
+    for pid in session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 def describe(result, what, timeout=None):

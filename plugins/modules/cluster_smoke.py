@@ -18,7 +18,13 @@ description:
     launching host (the first checked member whose launcher is of the ABI family most members
     have, the rule M(lockstep.cluster.validate) blames by) and launches from it only; the other
     members skip without a host round trip. Read-only on every host.
-  - First one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
+  - A member that is a host already listed under another inventory name (the same SSH host key
+    in its facts; without keys, the same C(machine_id) at the same C(ansible_host)) is left out
+    of the election and the launch, and marked (C(same_as), C(same_by)) for the verdict.
+  - First every hostfile name of the members is resolved on the launching host
+    (C(getaddrinfo)); a name that does not resolve is named and left out, and the launch runs
+    across the others (a launcher would abort the whole job on it).
+  - Then one BatchMode C(ssh <host>) per other member, in parallel, as O(user), which also
     looks for the launcher's daemon there (C(orted)/C(prted) or C(hydra_pmi_proxy)). A host
     SSH cannot reach, that refuses the login, whose host key does not match or that lacks the
     daemon is named with that cause and left out of the launch.
@@ -38,14 +44,23 @@ description:
     allreduce and a ring exchange.
   - With O(shared_dirs), every rank then checks those directories (see O(shared_dirs)).
   - On O(timeout) the launcher's process group gets SIGTERM (the launcher tears down its
-    remote daemons), then SIGKILL after O(grace); rank processes of this launch still alive
-    on any host are then found by the launch's token and killed by pid.
+    remote daemons), then SIGKILL after O(grace). After any failed launch, every launched host
+    is swept - rank processes of this launch (by its token) and the launcher's daemons
+    (C(orted), C(prted), C(hydra_pmi_proxy) of O(user) that started since the launch began and
+    name the launching host) still alive are killed by pid.
+  - Only when the launch timed out or ranks did not finish, its inbound TCP is checked - a
+    one-shot listener (port 0, C(python3) or the venv's) on each other launched host over SSH
+    and a connect to it from the launching host, and a listener on the launching host that
+    the first reachable member connects to; 5 s each. A host that cannot be reached is the
+    one whose ranks never connected. Nothing of this runs when the launch passes.
   - M(lockstep.cluster.validate) judges the launch on the controller against each host's own
-    M(lockstep.cluster.probe) result (O(probe_var)) and names one cause per host - not
-    reachable over SSH, host key mismatch, login refused, the venv's Python missing, mpi4py
-    import error, launcher/flavor mismatch, the rank's environment adds to the venv's Python
-    (C(rank_env), with the variable or file and where it was set), environment on the rank
-    differs from the host's own report, rank missing, rank failed. For the hosts it covers, the launch is their smoke
+    M(lockstep.cluster.probe) result (O(probe_var)) and names one cause per host - another
+    inventory name of a host already listed, name does not resolve, not reachable over SSH,
+    host key mismatch, login refused, the venv's Python missing, mpi4py import error,
+    launcher/flavor mismatch, the rank's environment adds to the venv's Python (C(rank_env),
+    with the variable or file and where it was set), environment on the rank differs from the
+    host's own report, inbound TCP blocked (ranks never connected), rank missing, rank failed.
+    For the hosts it covers, the launch is their smoke
     test (one MPI launch per audit).
 author:
   - lockstep.cluster maintainers (@lockstep)
@@ -192,7 +207,9 @@ launched:
   returned: on the launching host
   type: bool
 members:
-  description: Per member C(host), C(name) (its hostfile name) and C(aliases).
+  description:
+    - Per member C(host), C(name) (its hostfile name) and C(aliases); a host listed again also
+      C(same_as) (the first inventory name) and C(same_by) (the evidence, e.g. the SSH host key's fingerprint).
   returned: on the launching host
   type: list
   elements: dict
@@ -201,9 +218,14 @@ smoke:
     - What the launching host saw - C(launcher), C(preflight) per host, C(launched_hosts),
       C(command), C(returncode), C(timed_out), C(seconds), C(ranks) (each rank's tagged
       reports; with O(shared_dirs) a C(storage) phase per rank), C(stderr_tail), C(stragglers)
-      (pids killed after a failed launch), C(error), C(storage) (C(dirs), C(min_free) in bytes,
+      (per host the pids killed after a failed launch), C(error), C(storage) (C(dirs), C(min_free) in bytes,
       C(timeout)) when O(shared_dirs) is set, C(rank_env_expected) (the interpreter variables the
       launch sets itself - the env file's and O(environment)'s, which the verdict does not blame).
+    - C(resolved) (per name its C(addresses) or C(error)) and C(unresolved) (name -> the resolver's
+      message) of the names resolved before the launch.
+    - C(inbound), only after a launch that timed out or whose ranks did not finish - per launched
+      host C(ok) (null when no listener started), C(port), C(from) (the host that connected),
+      C(seconds) and C(error) (e.g. C(TCP to lab-2:41234 from lab-1 timed out after 5s)).
   returned: on the launching host
   type: dict
 """

@@ -34,9 +34,13 @@ description:
   - "Then the hosts against each other, in one comparison: they must agree on the lock their
     venv was built from, the venv path, Python, the installed packages, files that differ from
     the manifest, the MPI library and launcher, mpi4py and its variant, and uv. A host that
-    disagrees is named with the field. The cluster launch names one cause per host; a rank that
-    imports from outside the venv, runs with such a variable or such a file (every rank reports
-    them) is cause C(rank_env), with the host, the variable or file and where it was set."
+    disagrees is named with the field. The cluster launch names one cause per host - among them
+    C(duplicate_host) (another inventory name of a host already listed, naming both),
+    C(name_unresolved) (its hostfile name does not resolve from the launching host),
+    C(rank_env) (a rank imports from outside the venv, runs with such a variable or such a file -
+    every rank reports them - with the variable or file and where it was set) and
+    C(inbound_blocked) (its ranks never connected; TCP to it from the launching host failed) -
+    and hosts whose rank a fault elsewhere brought down as C(aborted), naming that host."
   - Writes under O(dest)/O(run_id) one C(<host>.json) per host, C(summary.md) (the causes first,
     one row per host, the comparison, unreachable hosts, findings, the Cluster section),
     C(junit.xml) (one testcase per host and check, a C(cluster) testsuite) and C(cluster.json),

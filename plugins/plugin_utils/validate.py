@@ -5,17 +5,22 @@ hosts against each other, and the cluster smoke test's launch, with one named ca
 
 PEP 440 / PEP 503 come from ``packaging``, which the controller has and the hosts may not, so
 this runs in the action plugin, never on a host. Causes of the smoke test (``CAUSES``), the
-first that applies wins: the controller could not check the host, it is not in the hostfile,
-SSH from the launching host cannot reach it / refuses the login / finds another host key, the
-venv's Python is missing there, mpi4py does not import there, its rank loaded another MPI than
-the launcher's (launcher/flavor mismatch), its rank's environment adds to the venv's Python (a
-variable such as PYTHONPATH, a module imported from outside the venv, a sitecustomize outside
-it: rank_env), its rank's environment differs from what the host reported itself, its rank never showed up, or its rank started but failed (MPI_Init,
+first that applies wins: the controller could not check the host, it is another inventory name
+of a host already listed (same SSH host key), its hostfile name does not resolve from the
+launching host, it is not in the hostfile, SSH from the launching host cannot reach it /
+refuses the login / finds another host key, the venv's Python is missing there, mpi4py does not
+import there, its rank loaded another MPI than the launcher's (launcher/flavor mismatch), its
+rank's environment adds to the venv's Python (a variable such as PYTHONPATH, a module imported
+from outside the venv, a sitecustomize outside it: rank_env), its rank's environment differs
+from what the host reported itself, its inbound TCP is blocked (its ranks never connected), its
+rank never showed up, or its rank started but failed (MPI_Init,
 allreduce, ring exchange, timeout).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -465,12 +470,15 @@ def _base_outcome(section, findings):
     return outcome
 
 
-CAUSES = ("unreachable", "not_in_hostfile", "ssh_unreachable", "ssh_auth", "host_key", "venv_missing",
-          "import_error", "flavor_mismatch", "rank_env", "env_differs", "rank_missing", "rank_failed")
+CAUSES = ("unreachable", "duplicate_host", "name_unresolved", "not_in_hostfile", "ssh_unreachable", "ssh_auth",
+          "host_key", "venv_missing", "import_error", "flavor_mismatch", "rank_env", "env_differs", "inbound_blocked",
+          "rank_missing", "rank_failed")
 # A host whose rank was fine as far as it got, in a launch another host's failure brought down.
 ABORTED = "aborted"
-# Faults that bring a whole launch down (a rank whose environment differs still runs).
-_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "rank_env", "not_in_hostfile"])
+# Faults that bring a whole launch down (a rank whose environment differs or adds to the venv still
+# runs; a duplicate or an unresolved name is left out of the launch).
+_ABORTS = set(CAUSES) - set(["unreachable", "rank_missing", "rank_failed", "env_differs", "rank_env", "not_in_hostfile",
+                             "duplicate_host", "name_unresolved"])
 GATE_FIELDS = ("lock_sha256", "venv_path", "python", "packages", "files", "bytes", "mpi", "launcher", "mpi4py", "uv")
 
 _HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
@@ -606,6 +614,42 @@ def checked(result):
         and isinstance(result.get("validate"), dict) and not result["validate"].get("error")
 
 
+def _key_fingerprint(blob):
+    """OpenSSH's ``SHA256:…`` of a base64 public key blob (None when it is not base64)."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
+
+
+def same_machines(hosts, host_facts, addresses=None):
+    """Inventory names that are one machine listed again: ``{later host: {"same_as": the first
+    host, "same_by": the evidence}}``. Evidence: an SSH host key both hosts' facts carry
+    (``ssh_host_key_*_public``), else (no keys) the same ``machine_id`` and the same address
+    (``addresses``: host -> its ansible_host or cluster address). Hosts without facts: never."""
+    first_by, out = {}, {}
+    for host in hosts:
+        facts = host_facts.get(host) or {}
+        evidence = []
+        for kind in ("ed25519", "ecdsa", "rsa"):
+            blob = facts.get("ssh_host_key_%s_public" % kind)
+            printed = _key_fingerprint(blob) if blob else None
+            if printed:
+                evidence.append((("key", printed), "same SSH host key %s %s" % (kind, printed)))
+        address = (addresses or {}).get(host)
+        if not evidence and facts.get("machine_id") and address:
+            evidence.append((("machine", facts["machine_id"], address),
+                             "same machine-id %s at the same address %s" % (facts["machine_id"], address)))
+        hit = next(((first_by[k], why) for k, why in evidence if k in first_by), None)
+        if hit:
+            out[host] = {"same_as": hit[0], "same_by": hit[1]}
+            continue
+        for k, dummy in evidence:
+            first_by.setdefault(k, host)
+    return out
+
+
 def launcher_flavor(facts):
     return (((facts or {}).get("mpi") or {}).get("launcher") or {}).get("flavor")
 
@@ -675,12 +719,15 @@ def _flavor_text(flavor, version):
 
 
 def attribute(members, ranks):
-    """Rank processes by member host: by the member file a rank read, else by its hostname."""
+    """Rank processes by member host: by the member file a rank read, else by its hostname (a
+    member listed again, ``same_as``, counts as the first name)."""
     by_alias = {}
     for m in members:
+        # A duplicate's rank (its member file may carry either name) is the first name's.
+        owner = m.get("same_as") or m["host"]
         for alias in [m["host"], m["name"]] + list(m.get("aliases") or []):
-            by_alias.setdefault(alias, m["host"])
-            by_alias.setdefault(alias.split(".")[0], m["host"])
+            by_alias.setdefault(alias, owner)
+            by_alias.setdefault(alias.split(".")[0], owner)
     out, strays = {}, []
     for rank in ranks:
         ident = rank.get("id") or next(iter(rank.values()))
@@ -809,7 +856,10 @@ def smoke_verdict(members, results, smoke, launch_host):
     missing_in_file = set(smoke.get("not_in_hostfile") or [])
     attributed, strays = attribute(members, smoke.get("ranks") or [])
     named = launch_errors(smoke)
-    outlier = _launch_outlier(elect([m["host"] for m in members], results), launcher, launch_host)
+    unresolved = smoke.get("unresolved") or {}
+    reach = smoke.get("inbound") or {}
+    outlier = _launch_outlier(elect([m["host"] for m in members if not m.get("same_as")], results), launcher,
+                              launch_host)
     for m in members:
         host, name = m["host"], m["name"]
         ranks = attributed.get(host, [])
@@ -818,6 +868,12 @@ def smoke_verdict(members, results, smoke, launch_host):
         out["hosts"][host] = entry
         if not results.get(host):
             entry.update(status="unreachable", message="not checked: the controller could not reach it or its check failed")
+        elif m.get("same_as"):
+            entry.update(status="duplicate_host", message="%s and %s are the same machine: %s; list it once "
+                         "(launched and judged as %s)" % (m["same_as"], host, m.get("same_by"), m["same_as"]))
+        elif name in unresolved:
+            entry.update(status="name_unresolved", message="%s does not resolve from %s (%s): left out of the launch" % (
+                name, launch_host, unresolved[name]))
         elif name in missing_in_file:
             entry.update(status="not_in_hostfile", message="%s is not in the hostfile %s" % (name, smoke.get("hostfile")))
         elif name in pre and pre[name].get("cause") == "flavor_mismatch":
@@ -856,6 +912,10 @@ def smoke_verdict(members, results, smoke, launch_host):
             else:
                 if len(ranks) != 1 and expected:
                     entry.update(status="rank_failed", message="%d ranks on this host, expected 1" % len(ranks))
+        if name in launched and reach.get(name, {}).get("ok") is False and entry["status"] in (
+                "ok", "rank_missing", "rank_failed"):
+            entry.update(status="inbound_blocked", message="ranks on %s never connected: %s" % (
+                host, reach[name].get("error")))
     mark_aborted(out["hosts"], launched, members, smoke)
     for host, entry in out["hosts"].items():
         if entry["status"] != "ok":
@@ -962,6 +1022,7 @@ def storage_verdict(members, smoke, smoke_hosts=None):
     plan = (smoke or {}).get("storage")
     if not plan:
         return None
+    members = [m for m in members if not m.get("same_as")]  # a name listed again: its smoke cause says so
     hosts = [m["host"] for m in members]
     docs, by_rank = _storage_docs(members, smoke.get("ranks") or [])
     smoke_hosts = smoke_hosts or {}

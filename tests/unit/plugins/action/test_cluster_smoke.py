@@ -85,3 +85,20 @@ def test_shared_dirs_reach_the_launching_hosts_module():
                              dict(ARGS, shared_dirs=["/mnt/data"], shared_min_free="2G"))
     assert launched["launched"] and calls[0][1]["shared_dirs"] == ["/mnt/data"]
     assert calls[0][1]["shared_min_free"] == "2G"
+
+
+def test_a_machine_listed_twice_votes_and_launches_once_under_its_first_name():
+    # n3 is n2 again (another inventory name, the same ansible_host and SSH host key): one
+    # launch across n1 and n2, and n3 marked with both names for the verdict.
+    hv = hostvars("mpich", "openmpi", "openmpi")
+    for name, key in (("n1", "AAAAC3NzaC1lZDI1NTE5AAAAIOne"), ("n2", "AAAAC3NzaC1lZDI1NTE5AAAAITwo"),
+                      ("n3", "AAAAC3NzaC1lZDI1NTE5AAAAITwo")):
+        hv[name]["ansible_facts"] = {"ssh_host_key_ed25519_public": key, "machine_id": "same-image"}
+    hv["n3"]["ansible_host"] = hv["n2"]["ansible_host"] = "node-2"
+    launched, calls = run_on("n1", hv)
+    # Without n3's vote the families tie one to one: the first host's (mpich, n1) is elected.
+    assert launched["election"] == {"host": "n1", "family": "mpich", "counts": {"mpich": 1, "openmpi": 1}}
+    assert calls[0][1]["hosts"] == ["10.0.0.1", "10.0.0.2"]
+    marked = dict((m["host"], m.get("same_as")) for m in launched["members"])
+    assert marked == {"n1": None, "n2": None, "n3": "n2"}
+    assert launched["members"][2]["same_by"].startswith("same SSH host key ed25519 SHA256:")

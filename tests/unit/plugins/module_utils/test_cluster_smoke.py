@@ -184,27 +184,30 @@ def fake_cluster(tmp_path):
         (site / name).write_text(text)
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "hostfile").write_text("# one host\nme slots=1\n")
-    (etc / "cluster.json").write_text(json.dumps({"host": "me", "name": "me"}))
+    # A name that resolves here: every hostfile name is resolved before the launch.
+    (etc / "hostfile").write_text("# one host\nlocalhost slots=1\n")
+    (etc / "cluster.json").write_text(json.dumps({"host": "me", "name": "localhost"}))
     import pwd
     return {"venv": str(venv), "user": pwd.getpwuid(os.geteuid()).pw_name, "hostfile": str(etc / "hostfile"),
-            "hosts": ["me"], "launcher": str(launcher), "env_file": None, "preflight": True, "ssh_timeout": 5,
+            "hosts": ["localhost"], "launcher": str(launcher), "env_file": None, "preflight": True, "ssh_timeout": 5,
             "timeout": 30, "grace": 2, "environment": {"PYTHONPATH": str(tmp_path / "site")}}
 
 
 def test_run_launches_the_venv_python_and_collects_the_ranks(tmp_path):
     out = cs.run(fake_cluster(tmp_path), dict(os.environ))
-    assert out["launcher"]["flavor"] == "openmpi" and out["launched_hosts"] == ["me"]
+    assert out["launcher"]["flavor"] == "openmpi" and out["launched_hosts"] == ["localhost"]
     # The launching host needs no SSH to itself.
     assert out["preflight"] == {} and out["returncode"] == 0 and out["expected_ranks"] == 1
     assert [sorted(r) for r in out["ranks"]] == [["done", "id", "init"]]
     assert out["ranks"][0]["id"]["member"] == "me"
     assert "--hostfile" in out["command"] and "-x" in out["command"] and "PYTHONPATH" in out["command"]
     assert out["total_seconds"] >= out["seconds"]
+    # The happy path pays for no diagnosis: no sweep, no TCP check.
+    assert out["unresolved"] == {} and "inbound" not in out and "stragglers" not in out
 
 
 def test_run_names_hosts_missing_from_the_hostfile_and_a_missing_venv(tmp_path):
-    params = dict(fake_cluster(tmp_path), hosts=["me", "ghost"])
+    params = dict(fake_cluster(tmp_path), hosts=["localhost", "ghost"])
     assert cs.run(params, dict(os.environ))["not_in_hostfile"] == ["ghost"]
     params = dict(fake_cluster(tmp_path / "x"), venv=str(tmp_path / "nowhere"))
     out = cs.run(params, dict(os.environ))
@@ -237,6 +240,149 @@ def test_stragglers_are_found_by_the_launch_token_and_killed_by_pid():
             if proc_.poll() is None:
                 proc_.kill()
                 proc_.wait()
+
+
+def test_a_name_that_does_not_resolve_is_named_and_the_others_still_launch(tmp_path):
+    params = fake_cluster(tmp_path)
+    with open(params["hostfile"], "a") as handle:
+        handle.write("Lab_1.invalid slots=1\n")  # .invalid never resolves (RFC 6761)
+    params["hosts"] = ["localhost", "Lab_1.invalid"]
+    out = cs.run(params, dict(os.environ))
+    assert list(out["unresolved"]) == ["Lab_1.invalid"] and out["unresolved"]["Lab_1.invalid"].startswith("[Errno")
+    assert out["resolved"]["localhost"]["addresses"]
+    # Left out before any SSH to it; the launch ran across the rest with a hostfile of its own.
+    assert out["preflight"] == {} and out["launched_hosts"] == ["localhost"]
+    assert out["returncode"] == 0 and out["expected_ranks"] == 1 and len(out["ranks"]) == 1
+    assert out["command"][out["command"].index("--hostfile") + 1] != params["hostfile"]
+
+
+DAEMON = "#!%s\nimport time\ntime.sleep(60)\n"
+
+
+def test_stragglers_take_the_daemons_this_launcher_started_and_leave_the_others():
+    # orted carries no token: it is this launch's when it started since the launch began and
+    # names this launcher (its call-back address). An older one and another launcher's stay.
+    import pwd
+    import tempfile
+    user = pwd.getpwuid(os.geteuid())
+    where = tempfile.mkdtemp()
+    orted = os.path.join(where, "orted")
+    with open(orted, "w") as handle:
+        handle.write(DAEMON % sys.executable)
+    os.chmod(orted, 0o755)
+
+    def start(uri):
+        return subprocess.Popen([orted, "-mca", "orte_hnp_uri", uri], start_new_session=True)
+
+    old = start("1.0;tcp://10.9.8.7:4242")
+    time.sleep(3.3)
+    began = time.time()
+    ours, theirs = start("2.0;tcp://10.9.8.7:4343"), start("3.0;tcp://10.1.1.1:4444")
+    near = start("4.0;tcp://10.9.8.70:4545")  # another launcher whose address only begins like ours
+    # The daemon's own ssh starting the next host's daemon (Open MPI's tree spawn): not named orted.
+    spawn = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "lab-3",
+                              "/usr/bin/orted -mca orte_hnp_uri 2.0;tcp://10.9.8.7:4343"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        found = cs.stragglers(["me"], user, dict(os.environ), "lockstep-smoke-none", 5, me="me", started=began,
+                              launcher_ids=["launcher-9.test", "10.9.8.7"])
+        assert found == {"me": sorted([ours.pid, spawn.pid])}
+        assert ours.wait(timeout=10) == -9 and spawn.wait(timeout=10) == -9
+        assert old.poll() is None and theirs.poll() is None and near.poll() is None
+    finally:
+        for child in (old, ours, theirs, spawn, near):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+FAKE_SSH = """#!/bin/sh
+# Stands in for ssh: runs the remote command here (the host is ignored), or with FAKE_SSH_PORT
+# answers as a listener on that port would.
+for last; do :; done
+if [ -n "$FAKE_SSH_PORT" ]; then echo "$FAKE_SSH_PORT"; exit 0; fi
+exec sh -c "$last"
+"""
+
+
+def fake_ssh(tmp_path, port=None):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]))
+    if port:
+        env["FAKE_SSH_PORT"] = str(port)
+    return env
+
+
+def me_user():
+    import pwd
+    return pwd.getpwuid(os.geteuid())
+
+
+def test_inbound_check_listens_over_ssh_and_connects_both_ways(tmp_path):
+    found = cs.inbound(["localhost", "127.0.0.1"], "localhost", me_user(), fake_ssh(tmp_path), 5, sys.executable)
+    assert found["127.0.0.1"]["ok"] is True and found["127.0.0.1"]["from"] == "localhost"
+    assert found["127.0.0.1"]["port"] > 0 and "error" not in found["127.0.0.1"]
+    # This host's own inbound TCP, tried from the first other host that could be reached.
+    assert found["localhost"]["ok"] is True and found["localhost"]["from"] == "127.0.0.1"
+
+
+def test_inbound_check_names_a_refused_port():
+    closed = socket_port()
+    entry = cs.inbound_remote("127.0.0.1", "lab-1", me_user(), fake_ssh_env(closed), 5, sys.executable, limit=2)
+    assert entry["ok"] is False
+    assert entry["error"] == "TCP to 127.0.0.1:%d from lab-1 was refused" % closed
+
+
+def test_inbound_check_names_a_port_whose_connections_time_out():
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held = []
+    try:
+        for dummy in range(3):  # fill the accept queue: later SYNs are dropped, as a firewall would
+            client = socket.socket()
+            client.settimeout(0.5)
+            try:
+                client.connect(("127.0.0.1", port))
+            except OSError:
+                pass
+            held.append(client)
+        entry = cs.inbound_remote("127.0.0.1", "lab-1", me_user(), fake_ssh_env(port), 5, sys.executable, limit=1)
+        assert entry["ok"] is False
+        assert entry["error"] == "TCP to 127.0.0.1:%d from lab-1 timed out after 1s" % port
+    finally:
+        for client in held:
+            client.close()
+        server.close()
+
+
+def test_inbound_check_without_a_listener_says_why_and_blames_nobody(tmp_path):
+    env = fake_ssh(tmp_path)
+    (tmp_path / "bin" / "ssh").write_text("#!/bin/sh\necho 'ssh: connect to host x port 22: No route to host' >&2\n"
+                                          "exit 255\n")
+    entry = cs.inbound_remote("x", "lab-1", me_user(), env, 5, sys.executable)
+    assert entry["ok"] is None and entry["error"] == "no listener started on x: ssh: connect to host x port 22: " \
+                                                     "No route to host"
+
+
+def socket_port():
+    import socket
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def fake_ssh_env(port):
+    import tempfile
+    import pathlib
+    return fake_ssh(pathlib.Path(tempfile.mkdtemp()), port)
 
 
 TOKEN = "lockstep-smoke-0123456789abcdef"

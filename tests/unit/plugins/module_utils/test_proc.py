@@ -1,6 +1,7 @@
 """Host side: the one subprocess runner (module_utils/proc.py)."""
 
 import os
+import sys
 import time
 
 from ansible_collections.lockstep.cluster.plugins.module_utils import proc
@@ -34,6 +35,20 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     time.sleep(0.2)
     # The grandchild (like an mpiexec rank) is gone too, not orphaned.
     assert not os.path.exists("/proc/%d" % child) or open("/proc/%d/stat" % child).read().split()[2] == "Z"
+
+
+def test_timeout_kills_a_child_that_left_the_group_but_not_the_session():
+    # As Open MPI's mpiexec does with its ssh clients (setpgid): the child holds the output
+    # pipes; killing the group alone left it running and run() waiting on the pipes for good.
+    child = ("import os, sys, time; os.setpgid(0, 0); print(os.getpid(), flush=True); "
+             "time.sleep(60)")
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', %r]); time.sleep(60)" % child
+    start = time.time()
+    result = proc.run([sys.executable, "-c", script], timeout=1, grace=1)
+    assert result.timed_out and time.time() - start < 8
+    pid = int(result.out.split()[0])
+    time.sleep(0.2)
+    assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
 
 
 def test_first_line_and_find_executable(tmp_path):

@@ -5,7 +5,9 @@ apart and lands on the right host. The shared-storage verdict (storage_verdict) 
 launch with each rank's storage phase added the way the rank script writes it, and how the
 reports show it (summary.md, junit.xml's `cluster` testsuite, cluster.json)."""
 
+import base64
 import copy
+import hashlib
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -416,6 +418,104 @@ def test_timed_out_rank_is_missing():
     verdict = judge(case)
     assert verdict["hosts"]["lab-3"] == dict(verdict["hosts"]["lab-3"], status="rank_missing",
                                              message="no rank started before the launch timed out")
+
+
+BLOCKED = "TCP to lab-2:41234 from lab-1 timed out after 5s"
+
+
+def blocked_case(inbound=True):
+    """lab-2's inbound TCP blocked, SSH open (as recorded: every rank passed MPI_Init, none
+    finished the allreduce, the launch timed out), and what the TCP check found after it."""
+    case = load("ok")
+    for rank in case["smoke"]["ranks"]:
+        rank.pop("done")
+    case["smoke"].update(returncode=None, timed_out=True, stragglers={})
+    if inbound:
+        case["smoke"]["inbound"] = {
+            "lab-1": {"ok": True, "port": 40001, "from": "lab-3", "seconds": 0.2},
+            "lab-2": {"ok": False, "port": 41234, "from": "lab-1", "error": BLOCKED, "seconds": 7.1},
+            "lab-3": {"ok": True, "port": 40003, "from": "lab-1", "seconds": 0.2}}
+    return case
+
+
+def test_without_the_tcp_check_a_blocked_host_times_out_and_blames_every_host():
+    # What issue 17 measured, kept as the contrast to the next test.
+    assert set(statuses(judge(blocked_case(inbound=False))).values()) == {"rank_failed"}
+
+
+def test_inbound_blocked_names_the_host_whose_ranks_never_connected_and_aborts_the_others():
+    verdict = judge(blocked_case())
+    assert statuses(verdict) == {"lab-1": "aborted", "lab-2": "inbound_blocked", "lab-3": "aborted"}
+    assert verdict["hosts"]["lab-2"]["message"] == "ranks on lab-2 never connected: " + BLOCKED
+    assert verdict["hosts"]["lab-1"]["message"].endswith("the launch was aborted because of lab-2")
+    assert "lab-2: inbound_blocked: ranks on lab-2 never connected: " + BLOCKED in verdict["problems"]
+    # The others are listed as aborted because of lab-2, never with a cause of their own.
+    others = [p for p in verdict["problems"] if p.startswith(("lab-1: ", "lab-3: "))]
+    assert len(others) == 2 and all(p.split(": ")[1] == "aborted" and p.endswith("because of lab-2") for p in others)
+
+
+def test_a_tcp_check_that_could_not_run_blames_nobody():
+    case = blocked_case()
+    case["smoke"]["inbound"]["lab-2"] = {"ok": None, "port": None, "from": "lab-1",
+                                         "error": "no listener started on lab-2: python3: not found"}
+    assert set(statuses(judge(case)).values()) == {"rank_failed"}
+
+
+def two_rank_launch(case, hosts):
+    """The recorded clean launch as if only ``hosts`` had been launched on."""
+    smoke = case["smoke"]
+    smoke["ranks"] = [r for r in smoke["ranks"] if r["id"]["hostname"] in hosts]
+    for number, rank in enumerate(smoke["ranks"]):
+        rank["init"].update(rank=number, size=len(hosts))
+        rank["done"].update(rank=number, size=len(hosts), allreduce=len(hosts) * (len(hosts) - 1) // 2,
+                            ring_from=(number - 1) % len(hosts))
+    smoke.update(launched_hosts=list(hosts), expected_ranks=len(hosts))
+    smoke["preflight"] = dict((h, p) for h, p in smoke["preflight"].items() if h in hosts)
+    return case
+
+
+def test_a_name_that_does_not_resolve_is_named_and_the_others_are_judged_on_their_own_launch():
+    case = two_rank_launch(load("ok"), ["lab-1", "lab-2"])
+    case["smoke"]["unresolved"] = {"lab-3": "[Errno -2] Name or service not known"}
+    verdict = judge(case)
+    assert statuses(verdict) == {"lab-1": "ok", "lab-2": "ok", "lab-3": "name_unresolved"}
+    assert verdict["hosts"]["lab-3"]["message"] == \
+        "lab-3 does not resolve from lab-1 ([Errno -2] Name or service not known): left out of the launch"
+    assert verdict["passed"] is False and verdict["problems"] == ["lab-3: name_unresolved: " +
+                                                                  verdict["hosts"]["lab-3"]["message"]]
+
+
+def duplicate_case():
+    """lab-2 listed again as lab-2-again (the action found the same SSH host key); the cluster
+    role wrote lab-2's member file under the second name last."""
+    case = load("ok")
+    case["members"].append({"host": "lab-2-again", "name": "lab-2-again", "aliases": ["lab-2-again", "10.213.7.11"],
+                            "same_as": "lab-2", "same_by": "same SSH host key ed25519 SHA256:AbC"})
+    case["results"]["lab-2-again"] = case["results"]["lab-2"]
+    next(r for r in case["smoke"]["ranks"] if r["id"]["hostname"] == "lab-2")["id"]["member"] = "lab-2-again"
+    return case
+
+
+def test_a_host_listed_twice_is_named_with_both_names_and_its_rank_counts_once():
+    verdict = judge(duplicate_case())
+    assert statuses(verdict) == {"lab-1": "ok", "lab-2": "ok", "lab-3": "ok", "lab-2-again": "duplicate_host"}
+    assert verdict["hosts"]["lab-2"]["ranks"] == [1] and verdict["hosts"]["lab-2-again"]["ranks"] == []
+    assert verdict["hosts"]["lab-2-again"]["message"] == (
+        "lab-2 and lab-2-again are the same machine: same SSH host key ed25519 SHA256:AbC; list it once "
+        "(launched and judged as lab-2)")
+    assert verdict["passed"] is False
+
+
+def test_same_machines_by_host_key_else_by_machine_id_and_address():
+    key = base64.b64encode(b"one key").decode()
+    facts = {"a": {"ssh_host_key_ed25519_public": key}, "b": {"ssh_host_key_ed25519_public": "AAAA"},
+             "a2": {"ssh_host_key_ed25519_public": key}, "c": {"machine_id": "m1"}, "c2": {"machine_id": "m1"},
+             "d": {"machine_id": "m1"}, "e": {}}
+    addresses = {"a": "a", "b": "b", "a2": "a", "c": "10.0.0.3", "c2": "10.0.0.3", "d": "10.0.0.4", "e": "e"}
+    printed = "SHA256:" + base64.b64encode(hashlib.sha256(b"one key").digest()).decode().rstrip("=")
+    assert cv.same_machines(list(facts), facts, addresses) == {
+        "a2": {"same_as": "a", "same_by": "same SSH host key ed25519 %s" % printed},
+        "c2": {"same_as": "c", "same_by": "same machine-id m1 at the same address 10.0.0.3"}}
 
 
 @pytest.mark.parametrize("field, change, words", [

@@ -15,7 +15,7 @@ from ansible_collections.lockstep.cluster.plugins.plugin_utils.lock import parse
 from ansible_collections.lockstep.cluster.plugins.plugin_utils.validate import CHECKS
 
 from helpers import dist, host_facts
-from test_validate import HOSTS, recorded_verdict
+from test_validate import blocked_case, duplicate_case, fixture_probes, HOSTS, load, recorded_verdict, two_rank_launch
 
 LOCK = parse_lock("numpy==1.26.4\nsix==1.17.0\n", "lock.txt")
 LOCK_INFO = {"path": "lock.txt", "sha256": LOCK.sha256, "entries": 2}
@@ -164,6 +164,40 @@ def test_failing_smoke_names_the_host_and_cause_in_both_reports():
     # The others' smoke did not pass either (the launch was aborted), without being to blame.
     assert failures["lab-3"].startswith("import_error: mpi4py does not import")
     assert failures["lab-1"].startswith("aborted: ") and "because of lab-3" in failures["lab-1"]
+
+
+def verdict_for(case):
+    """The whole verdict of a recorded launch changed by a test (its members are the hosts)."""
+    probes, lock = fixture_probes(case)
+    hosts = [m["host"] for m in case["members"]]
+    facts = dict((h, p["validate"] if p else None) for h, p in probes.items())
+    launches = [{"launched": True, "launch_host": case["launch_host"], "members": case["members"],
+                 "smoke": case["smoke"], "election": validate.elect(hosts, facts)}]
+    return validate.judge(hosts, probes, lock, {"path": "lock.txt", "sha256": lock.sha256}, launches,
+                          cluster_smoke=True)
+
+
+def unresolved_case():
+    case = two_rank_launch(load("ok"), ["lab-1", "lab-2"])
+    case["smoke"]["unresolved"] = {"lab-3": "[Errno -2] Name or service not known"}
+    return case
+
+
+@pytest.mark.parametrize("make, host, line", [
+    (blocked_case, "lab-2", "lab-2: inbound_blocked: ranks on lab-2 never connected: TCP to lab-2:41234 from lab-1 "
+                            "timed out after 5s"),
+    (unresolved_case, "lab-3", "lab-3: name_unresolved: lab-3 does not resolve from lab-1 ([Errno -2] Name or service "
+                               "not known): left out of the launch"),
+    (duplicate_case, "lab-2-again", "lab-2-again: duplicate_host: lab-2 and lab-2-again are the same machine: same SSH "
+                                    "host key ed25519 SHA256:AbC; list it once (launched and judged as lab-2)"),
+])
+def test_each_clear_cause_is_named_with_its_host_in_the_failure_lines_and_the_summary(make, host, line):
+    # verdict["problems"] is the validate task's failure message, line by line, and the summary's head.
+    verdict = verdict_for(make())
+    assert line in verdict["problems"] and verdict["cluster"]["failed_hosts"] == [host]
+    summary = validate_report.build("r1", verdict)["summary_md"]
+    assert "\n- %s\n" % line in summary.split("## Cluster")[0]
+    assert "| %s | %s |" % (host, line.split(": ")[1]) in summary.split("## Cluster")[1]
 
 
 def test_a_disagreement_fails_the_cluster_even_when_the_smoke_passed():
