@@ -14,7 +14,7 @@ set -euo pipefail
 #   openssh-client              reaching the lab over SSH, making its key pair
 #   python3 python3-venv        the controller venv and uv's bootstrap
 #   git make                    the build and the sanity tests
-#   shellcheck                  ansible-test sanity's shell test (skipped without it)
+#   (the) shellcheck (package)  ansible-test sanity's shell test (skipped without it)
 # Rootless-only helpers (uidmap, slirp4netns, fuse-overlayfs) are not needed: the lab runs
 # rootful podman, whose containers' addresses the controller can route to.
 pkgs=(podman runc netavark aardvark-dns iptables debootstrap debian-archive-keyring

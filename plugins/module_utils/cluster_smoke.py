@@ -773,11 +773,11 @@ def inbound_remote(host, me, user, env, timeout, python, limit=CONNECT_TIMEOUT):
     if select.select([child.stdout], [], [], timeout + 5)[0]:
         line = child.stdout.readline().decode("utf-8", "replace").strip()
     if line.isdigit():
-        entry["port"] = int(line)
-        why = _connect(host, entry["port"], limit)
+        port = entry["port"] = int(line)
+        why = _connect(host, port, limit)
         entry["ok"] = why is None
         if why:
-            entry["error"] = "TCP to %s:%d from %s %s" % (host, entry["port"], me, why)
+            entry["error"] = "TCP to %s:%d from %s %s" % (host, port, me, why)
     try:  # the listener ends by itself (accepted, or its own limit)
         dummy, err = child.communicate(timeout=limit + 5)
     except subprocess.TimeoutExpired:
@@ -804,9 +804,9 @@ def inbound_local(me, peer, user, env, timeout, python, limit=CONNECT_TIMEOUT):
         listener.bind(("", 0))
     try:
         listener.listen(1)
-        entry["port"] = listener.getsockname()[1]
+        port = entry["port"] = listener.getsockname()[1]
         argv = as_user(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout, peer,
-                        _remote_python(CONNECT_SCRIPT, python, me, entry["port"], limit)], user)
+                        _remote_python(CONNECT_SCRIPT, python, me, port, limit)], user)
         result = proc.run(argv, env, timeout + limit + 5)
         said = (result.out or "").strip()
         if result.rc != 0 or not said:
@@ -814,7 +814,7 @@ def inbound_local(me, peer, user, env, timeout, python, limit=CONNECT_TIMEOUT):
         else:
             entry["ok"] = said == "connected"
             if not entry["ok"]:
-                entry["error"] = "TCP to %s:%d from %s %s" % (me, entry["port"], peer, said)
+                entry["error"] = "TCP to %s:%d from %s %s" % (me, port, peer, said)
     finally:
         listener.close()
     entry["seconds"] = round(time.time() - began, 3)

@@ -196,7 +196,7 @@ def test_each_clear_cause_is_named_with_its_host_in_the_failure_lines_and_the_su
     verdict = verdict_for(make())
     assert line in verdict["problems"] and verdict["cluster"]["failed_hosts"] == [host]
     summary = validate_report.build("r1", verdict)["summary_md"]
-    assert "\n- %s\n" % line in summary.split("## Cluster")[0]
+    assert "\n- %s\n" % line in summary.split("## Cluster", maxsplit=1)[0]
     assert "| %s | %s |" % (host, line.split(": ")[1]) in summary.split("## Cluster")[1]
 
 
