@@ -211,11 +211,13 @@ def per_host(rel):
     """Entries whose content is legitimately per host, left out of content_digest:
     ``lockstep.json`` (build time, key, paths), ``pyvenv.cfg`` (the base interpreter's
     directory and patch level: compared by the gate as the Python version) and each wheel's
-    RECORD (uv rewrites the rows of generated scripts, whose own content is digested)."""
+    RECORD (uv rewrites the rows of generated scripts, whose own content is digested) and
+    ``uv_cache.json`` (uv's install time of a wheel from a local file or find-links)."""
     parts = rel.split("/")
     if rel in ("lockstep.json", "pyvenv.cfg"):
         return True
-    return parts[-1] in ("RECORD", "direct_url.json") and len(parts) > 1 and parts[-2].endswith(".dist-info")
+    return parts[-1] in ("RECORD", "direct_url.json", "uv_cache.json") and len(parts) > 1 \
+        and parts[-2].endswith(".dist-info")
 
 
 def _material(root, rel, row):

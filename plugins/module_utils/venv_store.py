@@ -777,7 +777,9 @@ class VenvStore(object):
         # Unchecked: the manifest, not Python, notices an edited source.
         real = os.path.realpath(target)
         sites = [os.path.realpath(site) for site in sites]
-        result = self.uv.run([os.path.join(real, "bin", "python"), "-m", "compileall", "-q", "-j", "0",
+        # -f: a .pth that imports at startup (setuptools' distutils hack) made the venv's Python
+        # write a timestamp pyc during the install, which compileall would otherwise keep.
+        result = self.uv.run([os.path.join(real, "bin", "python"), "-m", "compileall", "-q", "-f", "-j", "0",
                               "--invalidation-mode", "unchecked-hash", "-s", real, "-p", self.path] + sites,
                              dict(self.uv.env(), PYTHONHASHSEED="0"))
         # rc 1: some file is not valid Python (test data, templates); importing it fails anyway.

@@ -394,6 +394,42 @@ def test_same_lock_same_bytes_on_two_hosts(house):
     assert sorted(digests[0]["by_package"]) == ["(venv)", "alpha", "tool"]
 
 
+def test_same_bytes_when_the_venvs_python_ran_before_the_compile_and_uv_stamped_its_install(house, monkeypatch):
+    # What the MLPerf lock showed on the lab: setuptools' .pth imports a module at every start,
+    # so the venv's Python wrote a timestamp pyc (the install time is its mtime) before the
+    # compile step. And uv stamps uv_cache.json of a wheel from find-links with its install time.
+    real_compile = venv_store.VenvStore._compile
+
+    def python_ran_first(self, target):
+        source = os.path.join(site_of(target), "alpha", "__init__.py")
+        os.utime(source, (time.time(), time.time()))  # this host's install time
+        writes = dict((k, v) for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE")
+        subprocess.check_call([os.path.join(target, "bin", "python"), "-c", "import alpha"], env=writes)
+        return real_compile(self, target)
+
+    monkeypatch.setattr(venv_store.VenvStore, "_compile", python_ran_first)
+    text = lock_of(house, ("alpha", "1.0"))
+    digests = []
+    for store_dir in ("venvs-host-a", "store-of-host-bb"):
+        store = make_store(house, text, store=str(house["tmp"] / store_dir))
+        if os.path.lexists(store.path):
+            os.unlink(store.path)
+        os.utime(house["dir"])  # another install time
+        time.sleep(1.1)
+        sync(store)
+        sealed = manifest.load(manifest.location(store.path))
+        digests.append(manifest.content_digest(sealed))
+        for pyc in glob.glob(os.path.join(site_of(store.path), "alpha", "__pycache__", "*.pyc")):
+            with open(pyc, "rb") as handle:
+                assert handle.read(8)[4:] == b"\x01\x00\x00\x00", pyc  # hash-based, unchecked
+    assert digests[0] == digests[1]
+    # uv_cache.json (uv's install time of a wheel from a local file) is per host, like RECORD.
+    stamp = "lib/python3.11/site-packages/alpha-1.0.dist-info/uv_cache.json"
+    assert manifest.per_host(stamp) and not manifest.per_host("lib/python3.11/site-packages/alpha/uv_cache.json")
+    sealed["entries"][stamp] = list(sealed["entries"]["lib/python3.11/site-packages/alpha/__init__.py"])
+    assert manifest.content_digest(sealed) == digests[1]
+
+
 def test_the_content_digest_names_the_package_whose_bytes_differ(house):
     live = make_store(house, lock_of(house, ("alpha", "1.0"), ("beta", "1.0")))
     sync(live)
