@@ -244,16 +244,12 @@ def _md5(path):
         digest = hashlib.md5(usedforsecurity=False)
     except TypeError:  # Python < 3.9
         digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return store_fs.file_digest(path, digest)
 
 
 def _sha256(path):
     try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+        return store_fs.sha256_file(path)
     except (IOError, OSError):
         return None
 

@@ -30,12 +30,16 @@ MANIFEST_SUFFIX = ".manifest.json"
 BUILDING_SUFFIX = ".building"
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
+def file_digest(path, digest):
+    """``digest`` (a hashlib object) over the file's bytes, read in blocks; its hex digest."""
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path):
+    return file_digest(path, hashlib.sha256())
 
 
 def is_venv(path):
